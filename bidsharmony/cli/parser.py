@@ -1,0 +1,168 @@
+"""The BIDS-App command line: argument parsing only.
+
+``bidsharmony bids_dir output_dir {participant,group} [options]``. Checks that need the file
+system (does the input exist, is it BIDS, do the filters select anything) live in
+:mod:`bidsharmony.cli.run`, so that each failure gets its own BIDS-App exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .. import __version__
+from ..config import DEFAULT_ATLAS, DEFAULT_TEMPLATE, Config
+from ..errors import EXIT_USAGE
+from ..harmonize.names import HARMONIZERS
+
+
+class _BIDSAppParser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors exit with EX_USAGE (64), as BIDS Apps do."""
+
+    def error(self, message):
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _label(value: str) -> str:
+    """Accept ``sub-01`` or ``01`` (and ``ses-``/``ses``) and return the bare label."""
+    for prefix in ("sub-", "ses-"):
+        if value.startswith(prefix):
+            value = value[len(prefix):]
+    if not value or not value.isalnum():
+        raise argparse.ArgumentTypeError(f"{value!r} is not a BIDS label (letters and digits only)")
+    return value
+
+
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be a positive integer")
+    return number
+
+
+def _filter_file(value: str) -> dict:
+    path = Path(value)
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"BIDS filter file {path} does not exist")
+    try:
+        filters = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"BIDS filter file {path} is not valid JSON: {err}")
+    if not isinstance(filters, dict):
+        raise argparse.ArgumentTypeError(
+            f"BIDS filter file {path} must hold a JSON object such as "
+            '{"t1w": {"acquisition": "mprage"}}'
+        )
+    return filters
+
+
+def _existing_file(value: str) -> Path:
+    path = Path(value)
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"file {path} does not exist")
+    return path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the parser of the ``bidsharmony`` command."""
+    parser = _BIDSAppParser(
+        prog="bidsharmony",
+        description=(
+            "Multi-site brain MRI harmonization as a BIDS App. The participant level "
+            "preprocesses each T1w image (N4, brain extraction, registration to a template, "
+            "tissues, atlas ROI volumes); the group level harmonizes the ROI volumes across "
+            "sites."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("bids_dir", type=Path, help="the root folder of a BIDS dataset (read only)")
+    parser.add_argument("output_dir", type=Path, help="where BIDS-Derivatives are written")
+    parser.add_argument(
+        "analysis_level",
+        metavar="{participant,group}",
+        help="participant: preprocess each subject; group: harmonize across sites",
+    )
+    parser.add_argument("--version", action="version", version=f"bidsharmony {__version__}")
+    parser.add_argument(
+        "-v", "--verbose", dest="verbosity", action="count", default=0,
+        help="more log output (repeat for more)",
+    )
+
+    bids = parser.add_argument_group("Selecting the data")
+    bids.add_argument(
+        "--participant-label", "--participant_label", nargs="+", type=_label, default=[],
+        metavar="LABEL", help="subjects to process (with or without 'sub-'); default: all",
+    )
+    bids.add_argument(
+        "--session-label", nargs="+", type=_label, default=[], metavar="LABEL",
+        help="sessions to process (with or without 'ses-'); default: all",
+    )
+    bids.add_argument(
+        "--bids-filter-file", dest="bids_filters", type=_filter_file, default={},
+        metavar="FILE",
+        help='JSON file of PyBIDS filters per query, e.g. {"t1w": {"acquisition": "mprage"}}',
+    )
+    bids.add_argument(
+        "--skip-bids-validation", action="store_true", help="do not validate the input dataset"
+    )
+
+    perf = parser.add_argument_group("Resources and execution")
+    perf.add_argument("-w", "--work-dir", type=Path, help="Nipype work folder (re-runs resume from it); default: <output_dir>/work")
+    perf.add_argument("--nprocs", "--nthreads", type=_positive_int, default=1, help="processes run at once")
+    perf.add_argument("--omp-nthreads", type=_positive_int, default=1, help="threads per process (ITK, torch)")
+    perf.add_argument("--mem-gb", type=float, help="memory the scheduler may use, in GB")
+    perf.add_argument(
+        "--use-plugin", type=_existing_file, metavar="FILE",
+        help="Nipype plugin YAML (e.g. 'plugin: SLURMGraph' with plugin_args)",
+    )
+    perf.add_argument(
+        "--random-seed", type=int, default=0,
+        help="seeds Python, NumPy, torch and ANTs; recorded in every sidecar",
+    )
+
+    anat = parser.add_argument_group("Participant level")
+    anat.add_argument(
+        "--output-spaces", "--template", dest="output_spaces", nargs="+",
+        default=[DEFAULT_TEMPLATE], metavar="TEMPLATE",
+        help="TemplateFlow template name(s); the first is the registration target",
+    )
+    anat.add_argument(
+        "--atlas", default=DEFAULT_ATLAS,
+        help="atlas name in the TemplateFlow cache, or a NIfTI label image in template space "
+        "with a BIDS dseg.tsv beside it",
+    )
+    anat.add_argument(
+        "--reg-quality", choices=("fast", "standard"), default="standard",
+        help="registration iterations: fast for tests and previews",
+    )
+    anat.add_argument(
+        "--n4-shrink-factor", type=_positive_int, default=4,
+        help="N4 bias correction shrink factor (1 is full resolution and slow)",
+    )
+    anat.add_argument(
+        "--templateflow-home", type=Path,
+        help="TemplateFlow cache folder (default: $TEMPLATEFLOW_HOME, else a bidsharmony "
+        "cache filled from data shipped in installed packages)",
+    )
+
+    group = parser.add_argument_group("Group level")
+    group.add_argument(
+        "--site-column",
+        help="participants.tsv column naming the site; default: derived from the T1w sidecars "
+        "(Manufacturer, ManufacturersModelName, MagneticFieldStrength, InstitutionName)",
+    )
+    group.add_argument(
+        "--harmonizer", nargs="+", choices=HARMONIZERS, default=[], metavar="METHOD",
+        help=f"harmonization method(s): {', '.join(HARMONIZERS)}",
+    )
+    group.add_argument("--reference-site", help="site every scan is harmonized to")
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> Config:
+    """Parse ``argv`` (default: ``sys.argv[1:]``) into a :class:`~bidsharmony.config.Config`."""
+    args = vars(build_parser().parse_args(argv))
+    return Config(**args)

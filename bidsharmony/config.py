@@ -1,0 +1,113 @@
+"""Run settings of one bidsharmony invocation.
+
+The command line is parsed into a :class:`Config` (in :mod:`bidsharmony.cli.parser`); the
+workflows read their settings from it, and a copy is written to
+``<output_dir>/logs/config-<date>.toml`` so that every run can be inspected and repeated.
+Unlike fMRIPrep's module-level config, a :class:`Config` is a plain object passed around
+explicitly: two runs in one Python process never share settings.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timezone
+from pathlib import Path
+
+import tomli_w
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from ._version import __version__
+
+ANALYSIS_LEVELS = ("participant", "group")
+DEFAULT_TEMPLATE = "MNI152NLin2009aSym"
+DEFAULT_ATLAS = "Neuromorphometrics"
+
+
+def default_templateflow_home() -> Path:
+    """The TemplateFlow cache used when ``TEMPLATEFLOW_HOME`` is not set.
+
+    A bidsharmony-owned folder (not TemplateFlow's own default), so that filling it from
+    wheel-shipped data never mixes with a user's downloaded TemplateFlow cache.
+    """
+    cache = os.getenv("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache) / "bidsharmony" / "templateflow"
+
+
+@dataclass
+class Config:
+    """All settings of one run; see ``bidsharmony --help`` for their meaning."""
+
+    bids_dir: Path
+    output_dir: Path
+    analysis_level: str
+    work_dir: Path | None = None
+    participant_label: list[str] = field(default_factory=list)
+    session_label: list[str] = field(default_factory=list)
+    bids_filters: dict = field(default_factory=dict)
+    skip_bids_validation: bool = False
+    nprocs: int = 1
+    omp_nthreads: int = 1
+    mem_gb: float | None = None
+    use_plugin: Path | None = None
+    random_seed: int = 0
+    output_spaces: list[str] = field(default_factory=lambda: [DEFAULT_TEMPLATE])
+    atlas: str = DEFAULT_ATLAS
+    reg_quality: str = "standard"
+    n4_shrink_factor: int = 4
+    site_column: str | None = None
+    harmonizer: list[str] = field(default_factory=list)
+    reference_site: str | None = None
+    templateflow_home: Path | None = None
+    verbosity: int = 0
+    version: str = __version__
+    run_uuid: str = field(
+        default_factory=lambda: datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    )
+
+    def __post_init__(self):
+        for name in ("bids_dir", "output_dir", "work_dir", "use_plugin", "templateflow_home"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, Path(value).absolute())
+        if self.work_dir is None:
+            self.work_dir = self.output_dir / "work"
+        if self.templateflow_home is None:
+            env = os.getenv("TEMPLATEFLOW_HOME")
+            self.templateflow_home = Path(env) if env else default_templateflow_home()
+
+    @property
+    def template(self) -> str:
+        """The first output space: the template every subject is registered to."""
+        return self.output_spaces[0]
+
+    def to_dict(self) -> dict:
+        """A TOML-serialisable dictionary (paths as strings, ``None`` left out)."""
+        out = {}
+        for key, value in asdict(self).items():
+            if value is None:
+                continue
+            out[key] = str(value) if isinstance(value, Path) else value
+        return out
+
+    def to_toml(self, path: str | os.PathLike) -> Path:
+        """Write the settings to ``path`` atomically and return it."""
+        from .utils.io import atomic_write_text
+
+        return atomic_write_text(path, tomli_w.dumps(self.to_dict()))
+
+    @classmethod
+    def from_toml(cls, path: str | os.PathLike) -> "Config":
+        """Read settings written by :meth:`to_toml`."""
+        data = tomllib.loads(Path(path).read_text())
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def write_log(self) -> Path:
+        """Save the settings as ``<output_dir>/logs/config-<run_uuid>.toml``."""
+        return self.to_toml(self.output_dir / "logs" / f"config-{self.run_uuid}.toml")
