@@ -29,6 +29,28 @@ DEFAULT_TEMPLATE = "MNI152NLin2009aSym"
 DEFAULT_ATLAS = "Neuromorphometrics"
 
 
+def parse_space(space: str) -> tuple[str, int]:
+    """Split ``MNI152NLin2009aSym:res-2`` into ``("MNI152NLin2009aSym", 2)``."""
+    name, _, modifier = space.partition(":")
+    resolution = 1
+    if modifier:
+        key, _, value = modifier.partition("-")
+        if key != "res" or not value.isdigit():
+            raise ValueError(f"output space {space!r}: the only modifier is ':res-<N>', e.g. {name}:res-2")
+        resolution = int(value)
+    return name, resolution
+
+
+def atlas_label(atlas: str) -> str:
+    """A BIDS label for ``--atlas``: the name itself, or the ``atlas-`` entity/stem of a file."""
+    name = Path(atlas).name
+    if name.endswith((".nii", ".nii.gz")):
+        stem = name.split(".")[0]
+        entities = dict(p.split("-", 1) for p in stem.split("_") if "-" in p)
+        name = entities.get("atlas") or "".join(c for c in stem if c.isalnum())
+    return name
+
+
 def default_templateflow_home() -> Path:
     """The TemplateFlow cache used when ``TEMPLATEFLOW_HOME`` is not set.
 
@@ -84,7 +106,17 @@ class Config:
     @property
     def template(self) -> str:
         """The first output space: the template every subject is registered to."""
-        return self.output_spaces[0]
+        return parse_space(self.output_spaces[0])[0]
+
+    @property
+    def template_resolution(self) -> int:
+        """TemplateFlow ``res`` of the registration target (``TEMPLATE:res-2``; default 1)."""
+        return parse_space(self.output_spaces[0])[1]
+
+    @property
+    def atlas_name(self) -> str:
+        """The atlas' name in output file names (``atlas-<name>``)."""
+        return atlas_label(self.atlas)
 
     def to_dict(self) -> dict:
         """A TOML-serialisable dictionary (paths as strings, ``None`` left out)."""

@@ -1,0 +1,85 @@
+"""Running the participant level: select, pre-flight check, build, execute, report."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from ..errors import BidsharmonyError
+
+LOGGER = logging.getLogger("bidsharmony")
+
+
+def plugin_settings(config) -> dict:
+    """Nipype ``run()`` arguments: ``--use-plugin`` YAML, else MultiProc with our limits."""
+    if config.use_plugin:
+        import yaml
+
+        try:
+            settings = yaml.safe_load(Path(config.use_plugin).read_text()) or {}
+        except yaml.YAMLError as err:
+            raise BidsharmonyError(f"--use-plugin {config.use_plugin} is not valid YAML: {err}") from None
+        if "plugin" not in settings:
+            raise BidsharmonyError(
+                f"--use-plugin {config.use_plugin} names no 'plugin' (e.g. 'plugin: SLURMGraph')"
+            )
+        return {"plugin": settings["plugin"], "plugin_args": settings.get("plugin_args", {})}
+    if config.nprocs == 1:
+        return {"plugin": "Linear"}
+    plugin_args = {"n_procs": config.nprocs, "raise_insufficient": False}
+    if config.mem_gb:
+        plugin_args["memory_gb"] = config.mem_gb
+    return {"plugin": "MultiProc", "plugin_args": plugin_args}
+
+
+def run_participant(config) -> list[Path]:
+    """Preprocess the selected T1w images; return the ROI tables written."""
+    from nipype import config as nipype_config
+
+    from ..interfaces.images import validate_t1w
+    from ..reports.participant import write_subject_reports
+    from ..templates import template_inputs
+    from ..utils.bids import load_layout, select_t1w
+    from ..utils.derivatives import parse_entities, write_dataset_description
+    from ..workflows.base import init_bidsharmony_wf
+
+    layout = load_layout(config.bids_dir)
+    t1w_files = select_t1w(layout, config.participant_label, config.session_label, config.bids_filters)
+    for path in t1w_files:  # fail before any work starts, naming the file
+        validate_t1w(path)
+    inputs, atlas_meta = template_inputs(config.template, config.template_resolution, config.atlas)
+
+    write_dataset_description(config.output_dir, config.bids_dir)
+    nipype_config.update_config({
+        "execution": {
+            "crashdump_dir": str(config.output_dir / "logs"),
+            "crashfile_format": "txt",
+            "remove_unnecessary_outputs": False,
+            "hash_method": "content",
+        },
+        "monitoring": {"enabled": False},
+    })
+    workflow = init_bidsharmony_wf(
+        config=config, t1w_files=t1w_files, template_inputs=inputs, atlas_meta=atlas_meta
+    )
+    subjects = sorted({parse_entities(p)["sub"] for p in t1w_files})
+    LOGGER.info(
+        "Participant level: %d T1w image(s) of %d subject(s) → %s (work dir %s)",
+        len(t1w_files), len(subjects), config.output_dir, config.work_dir,
+    )
+    started = time.monotonic()
+    try:
+        workflow.run(**plugin_settings(config))
+    except RuntimeError as err:
+        crashes = sorted((config.output_dir / "logs").glob("crash-*"))
+        where = f"; see {crashes[-1]}" if crashes else ""
+        raise BidsharmonyError(f"the participant workflow failed ({err}){where}") from None
+
+    reports = write_subject_reports(config, subjects)
+    tables = sorted(config.output_dir.glob("sub-*/**/anat/*_desc-volume_morph.tsv"))
+    LOGGER.info(
+        "Participant level done in %.0f s: %d ROI table(s), reports: %s",
+        time.monotonic() - started, len(tables), ", ".join(str(r) for r in reports),
+    )
+    return tables

@@ -1,0 +1,135 @@
+"""The participant level: one sub-workflow per subject, one anatomical pipeline per T1w."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from nipype.interfaces import utility as niu
+from nipype.pipeline import engine as pe
+
+from ..interfaces.reportlets import MaskContourReport, RegistrationReport, SegmentationReport
+from ..utils.derivatives import parse_entities
+from .anatomical import TEMPLATE_FIELDS, init_anat_preproc_wf
+from .outputs import (
+    derivatives_sink,
+    init_ds_anat_native_wf,
+    init_ds_morphometry_wf,
+    init_ds_template_wf,
+)
+
+
+def init_bidsharmony_wf(*, config, t1w_files, template_inputs: dict, atlas_meta: dict, name="bidsharmony_wf"):
+    """Top-level participant workflow over the selected T1w images.
+
+    Parameters
+    ----------
+    config : :class:`bidsharmony.config.Config`
+        Run settings.
+    t1w_files : list of str
+        Selected raw T1w images.
+    template_inputs : dict
+        Files of the template and atlas (see :func:`bidsharmony.templates.template_inputs`).
+    atlas_meta : dict
+        The atlas' licence and citation, copied into the outputs' sidecars.
+    """
+    workflow = pe.Workflow(name=name, base_dir=str(config.work_dir))
+    by_subject = defaultdict(list)
+    for path in t1w_files:
+        by_subject[parse_entities(path)["sub"]].append(path)
+    for subject, files in sorted(by_subject.items()):
+        workflow.add_nodes([
+            init_single_subject_wf(
+                subject_id=subject,
+                t1w_files=sorted(files),
+                config=config,
+                template_inputs=template_inputs,
+                atlas_meta=atlas_meta,
+                name=f"sub_{subject}_wf",
+            )
+        ])
+    return workflow
+
+
+def run_parameters(config) -> dict:
+    """The settings that shape the participant outputs, recorded in every sidecar."""
+    return {
+        "RandomSeed": config.random_seed,
+        "RegistrationQuality": config.reg_quality,
+        "N4ShrinkFactor": config.n4_shrink_factor,
+        "Template": config.template,
+        "TemplateResolution": config.template_resolution,
+        "Atlas": config.atlas_name,
+    }
+
+
+def init_single_subject_wf(*, subject_id, t1w_files, config, template_inputs, atlas_meta, name):
+    """Preprocess every T1w of one subject (one pipeline per session/run) and write outputs."""
+    workflow = pe.Workflow(name=name)
+    parameters = run_parameters(config)
+    sink_args = {"output_dir": config.output_dir, "bids_dir": config.bids_dir}
+    for t1w in t1w_files:
+        entities = parse_entities(t1w)
+        tag = "_".join(f"{k}_{entities[k]}" for k in ("ses", "acq", "run") if k in entities) or "single"
+        anat_wf = init_anat_preproc_wf(
+            reg_quality=config.reg_quality,
+            n4_shrink_factor=config.n4_shrink_factor,
+            omp_nthreads=config.omp_nthreads,
+            random_seed=config.random_seed,
+            name=f"anat_{tag}_wf",
+        )
+        anat_wf.inputs.inputnode.t1w = t1w
+        for field in TEMPLATE_FIELDS:
+            setattr(anat_wf.inputs.inputnode, field, template_inputs[field])
+
+        source = pe.Node(niu.IdentityInterface(fields=["source_file"]), name=f"source_{tag}")
+        source.inputs.source_file = t1w
+        ds_native = init_ds_anat_native_wf(parameters=parameters, name=f"ds_native_{tag}_wf", **sink_args)
+        ds_template = init_ds_template_wf(
+            template=config.template, parameters=parameters, name=f"ds_template_{tag}_wf", **sink_args
+        )
+        ds_morph = init_ds_morphometry_wf(
+            atlas=config.atlas_name, atlas_meta=atlas_meta, parameters=parameters,
+            name=f"ds_morph_{tag}_wf", **sink_args,
+        )
+        workflow.connect([
+            (source, ds_native, [("source_file", "inputnode.source_file")]),
+            (source, ds_template, [("source_file", "inputnode.source_file")]),
+            (source, ds_morph, [("source_file", "inputnode.source_file")]),
+            (anat_wf, ds_native, [
+                ("outputnode.t1w_preproc", "inputnode.t1w_preproc"),
+                ("outputnode.t1w_mask", "inputnode.t1w_mask"),
+                ("outputnode.t1w_dseg", "inputnode.t1w_dseg"),
+                ("outputnode.t1w_probsegs", "inputnode.t1w_probsegs"),
+            ]),
+            (anat_wf, ds_template, [
+                ("outputnode.std_t1w", "inputnode.std_t1w"),
+                ("outputnode.std_mask", "inputnode.std_mask"),
+                ("outputnode.forward_xfm", "inputnode.forward_xfm"),
+                ("outputnode.reverse_xfm", "inputnode.reverse_xfm"),
+            ]),
+            (anat_wf, ds_morph, [
+                ("outputnode.atlas_native", "inputnode.atlas_native"),
+                ("outputnode.morph_tsv", "inputnode.morph_tsv"),
+            ]),
+        ])  # fmt: skip
+        _connect_reportlets(workflow, anat_wf, source, tag, template_inputs, sink_args)
+    return workflow
+
+
+def _connect_reportlets(workflow, anat_wf, source, tag, template_inputs, sink_args):
+    """QC figures written to ``sub-<label>/figures/`` for the HTML report."""
+    mask_report = pe.Node(MaskContourReport(), name=f"report_mask_{tag}")
+    seg_report = pe.Node(SegmentationReport(), name=f"report_seg_{tag}")
+    reg_report = pe.Node(RegistrationReport(), name=f"report_reg_{tag}")
+    reg_report.inputs.overlay = template_inputs["template_probsegs"][2]  # template WM edges
+    workflow.connect([
+        (anat_wf, mask_report, [("outputnode.t1w_preproc", "background"), ("outputnode.t1w_mask", "overlay")]),
+        (anat_wf, seg_report, [("outputnode.t1w_preproc", "background"), ("outputnode.t1w_dseg", "overlay")]),
+        (anat_wf, reg_report, [("outputnode.std_t1w", "background")]),
+    ])  # fmt: skip
+    for kind, report in (("brain", mask_report), ("dseg", seg_report), ("reg", reg_report)):
+        sink = derivatives_sink(f"ds_report_{kind}_{tag}", datatype="figures", desc=kind, suffix="T1w", extension=".png", **sink_args)
+        workflow.connect([
+            (source, sink, [("source_file", "source_file")]),
+            (report, sink, [("out_report", "in_file")]),
+        ])  # fmt: skip

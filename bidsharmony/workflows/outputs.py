@@ -1,0 +1,109 @@
+"""Writing the participant level's outputs: one ``init_ds_*_wf`` per output type.
+
+Each workflow takes the raw T1w as ``source_file`` (it names the outputs and becomes the
+``bids:raw:`` entry of their ``Sources``) and writes through
+:class:`~bidsharmony.interfaces.derivatives.DerivativesDataSink`.
+"""
+
+from __future__ import annotations
+
+from nipype.interfaces import utility as niu
+from nipype.pipeline import engine as pe
+
+from ..interfaces.derivatives import DerivativesDataSink
+from ..morphometry import TISSUE_LABELS
+
+DEFAULT_MEMORY_MIN_GB = 0.01
+TISSUE_ORDER = [TISSUE_LABELS[i] for i in sorted(TISSUE_LABELS)]  # CSF, GM, WM
+
+
+def derivatives_sink(name, *, output_dir, bids_dir, meta=None, **entities):
+    return pe.Node(
+        DerivativesDataSink(
+            base_directory=str(output_dir), bids_dir=str(bids_dir), meta_dict=meta or {}, **entities
+        ),
+        name=name,
+        run_without_submitting=True,
+        mem_gb=DEFAULT_MEMORY_MIN_GB,
+    )
+
+
+def init_ds_anat_native_wf(*, output_dir, bids_dir, parameters: dict, name="ds_anat_native_wf"):
+    """Native-space T1w, brain mask, tissue dseg and [CSF, GM, WM] probseg."""
+    workflow = pe.Workflow(name=name)
+    inputnode = pe.Node(
+        niu.IdentityInterface(fields=["source_file", "t1w_preproc", "t1w_mask", "t1w_dseg", "t1w_probsegs"]),
+        name="inputnode",
+    )
+    common = {"output_dir": output_dir, "bids_dir": bids_dir}
+    preproc_meta = {"SkullStripped": False, **parameters}
+    ds_t1w = derivatives_sink("ds_t1w", desc="preproc", suffix="T1w", meta=preproc_meta, **common)
+    ds_mask = derivatives_sink("ds_mask", desc="brain", suffix="mask", meta={"Type": "Brain", **parameters}, **common)
+    ds_dseg = derivatives_sink("ds_dseg", suffix="dseg", meta={"Labels": {str(k): v for k, v in TISSUE_LABELS.items()}, **parameters}, **common)
+    workflow.connect([
+        (inputnode, ds_t1w, [("source_file", "source_file"), ("t1w_preproc", "in_file")]),
+        (inputnode, ds_mask, [("source_file", "source_file"), ("t1w_mask", "in_file")]),
+        (inputnode, ds_dseg, [("source_file", "source_file"), ("t1w_dseg", "in_file")]),
+    ])  # fmt: skip
+    for index, tissue in enumerate(TISSUE_ORDER):
+        ds_probseg = derivatives_sink(f"ds_probseg_{tissue.lower()}", label=tissue, suffix="probseg", meta=parameters, **common)
+        workflow.connect([
+            (inputnode, ds_probseg, [
+                ("source_file", "source_file"),
+                (("t1w_probsegs", _pick, index), "in_file"),
+            ]),
+        ])  # fmt: skip
+    return workflow
+
+
+def init_ds_template_wf(*, output_dir, bids_dir, template: str, parameters: dict, name="ds_template_wf"):
+    """Template-space T1w and mask, and the transforms between T1w and template."""
+    workflow = pe.Workflow(name=name)
+    inputnode = pe.Node(
+        niu.IdentityInterface(fields=["source_file", "std_t1w", "std_mask", "forward_xfm", "reverse_xfm"]),
+        name="inputnode",
+    )
+    common = {"output_dir": output_dir, "bids_dir": bids_dir}
+    # A standard TemplateFlow identifier in `space-` needs no SpatialReference (BIDS 1.9).
+    spatial = {"Template": template, **parameters}
+    sinks = {
+        "std_t1w": derivatives_sink("ds_std_t1w", space=template, desc="preproc", suffix="T1w", meta=spatial, **common),
+        "std_mask": derivatives_sink("ds_std_mask", space=template, desc="brain", suffix="mask", meta={"Type": "Brain", **spatial}, **common),
+        "forward_xfm": derivatives_sink(
+            "ds_forward_xfm", from_="T1w", to=template, mode="image", suffix="xfm", extension=".h5",
+            meta={"Type": "composite ITK transform (ANTs)", **parameters}, **common,
+        ),
+        "reverse_xfm": derivatives_sink(
+            "ds_reverse_xfm", from_=template, to="T1w", mode="image", suffix="xfm", extension=".h5",
+            meta={"Type": "composite ITK transform (ANTs)", **parameters}, **common,
+        ),
+    }
+    for field, sink in sinks.items():
+        workflow.connect([(inputnode, sink, [("source_file", "source_file"), (field, "in_file")])])
+    return workflow
+
+
+def init_ds_morphometry_wf(*, output_dir, bids_dir, atlas: str, atlas_meta: dict, parameters: dict, name="ds_morphometry_wf"):
+    """Native-space atlas labels and the ROI-volume table."""
+    workflow = pe.Workflow(name=name)
+    inputnode = pe.Node(niu.IdentityInterface(fields=["source_file", "atlas_native", "morph_tsv"]), name="inputnode")
+    common = {"output_dir": output_dir, "bids_dir": bids_dir}
+    ds_atlas = derivatives_sink("ds_atlas", atlas=atlas, suffix="dseg", meta={**atlas_meta, **parameters}, **common)
+    morph_meta = {
+        "Units": "mm^3",
+        "Description": "Volumes on hard labels inside the brain mask: volume_<label> all voxels of "
+        "the label, gm_<label> its grey-matter voxels, volume_ICV the brain mask; see "
+        "bidsharmony.morphometry.",
+        **atlas_meta,
+        **parameters,
+    }
+    ds_morph = derivatives_sink("ds_morph", atlas=atlas, desc="volume", suffix="morph", extension=".tsv", meta=morph_meta, **common)
+    workflow.connect([
+        (inputnode, ds_atlas, [("source_file", "source_file"), ("atlas_native", "in_file")]),
+        (inputnode, ds_morph, [("source_file", "source_file"), ("morph_tsv", "in_file")]),
+    ])  # fmt: skip
+    return workflow
+
+
+def _pick(files, index):
+    return files[index]
