@@ -41,7 +41,8 @@ def run_participant(config) -> list[Path]:
     from ..reports.participant import write_subject_reports
     from ..templates import template_inputs
     from ..utils.bids import load_layout, select_t1w
-    from ..utils.derivatives import parse_entities, write_dataset_description
+    from ..utils.derivatives import parse_entities, write_bidsignore, write_dataset_description
+    from ..utils.progress import SubjectProgress
     from ..workflows.base import init_bidsharmony_wf
 
     layout = load_layout(config.bids_dir)
@@ -51,6 +52,7 @@ def run_participant(config) -> list[Path]:
     inputs, atlas_meta = template_inputs(config.template, config.template_resolution, config.atlas)
 
     write_dataset_description(config.output_dir, config.bids_dir)
+    write_bidsignore(config.output_dir)
     nipype_config.update_config({
         "execution": {
             "crashdump_dir": str(config.output_dir / "logs"),
@@ -69,8 +71,11 @@ def run_participant(config) -> list[Path]:
         len(t1w_files), len(subjects), config.output_dir, config.work_dir,
     )
     started = time.monotonic()
+    settings = plugin_settings(config)
+    if settings["plugin"] in ("Linear", "MultiProc"):
+        settings.setdefault("plugin_args", {})["status_callback"] = SubjectProgress(workflow, LOGGER)
     try:
-        workflow.run(**plugin_settings(config))
+        workflow.run(**settings)
     except RuntimeError as err:
         crashes = sorted((config.output_dir / "logs").glob("crash-*"))
         where = f"; see {crashes[-1]}" if crashes else ""

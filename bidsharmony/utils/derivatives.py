@@ -129,3 +129,17 @@ def write_dataset_description(output_dir: str | os.PathLike, bids_dir: str | os.
         except (OSError, json.JSONDecodeError):
             pass
     return atomic_write_json(path, description)
+
+
+BIDSIGNORE = ("logs/", "work/", "group/", "*.html", "sub-*/**/figures/")
+
+
+def write_bidsignore(output_dir: str | os.PathLike) -> Path:
+    """List what the BIDS validator should not judge: logs, work folder, group tables, reports."""
+    from .io import atomic_write_text
+
+    path = Path(output_dir) / ".bidsignore"
+    text = "\n".join(BIDSIGNORE) + "\n"
+    if path.is_file() and path.read_text() == text:
+        return path
+    return atomic_write_text(path, text)
