@@ -33,6 +33,15 @@ def plugin_settings(config) -> dict:
     return {"plugin": "MultiProc", "plugin_args": plugin_args}
 
 
+def _last_error_line(text: str) -> str:
+    """The final ``Error: message`` line of a traceback Nipype folded into its exception."""
+    lines = [line.strip() for line in text.splitlines() if line.strip() and line.strip() not in (")", "(")]
+    for line in reversed(lines):
+        if "Error" in line.split(":")[0] or "Exception" in line.split(":")[0]:
+            return line
+    return lines[-1] if lines else "unknown error"
+
+
 def run_participant(config) -> list[Path]:
     """Preprocess the selected T1w images; return the ROI tables written."""
     from nipype import config as nipype_config
@@ -77,9 +86,9 @@ def run_participant(config) -> list[Path]:
     try:
         workflow.run(**settings)
     except RuntimeError as err:
-        crashes = sorted((config.output_dir / "logs").glob("crash-*"))
-        where = f"; see {crashes[-1]}" if crashes else ""
-        raise BidsharmonyError(f"the participant workflow failed ({err}){where}") from None
+        crashes = sorted((config.output_dir / "logs").glob("crash-*"), key=lambda p: p.stat().st_mtime)
+        where = f"; full report in {crashes[-1]}" if crashes else ""
+        raise BidsharmonyError(f"the participant workflow failed: {_last_error_line(str(err))}{where}") from None
 
     reports = write_subject_reports(config, subjects)
     tables = sorted(config.output_dir.glob("sub-*/**/anat/*_desc-volume_morph.tsv"))

@@ -1,0 +1,406 @@
+"""Run every metric for the raw features and for each harmonizer, leakage-safely.
+
+:func:`evaluate_harmonizers` is the one call behind the group comparison: it makes one set
+of participant-grouped folds, fits every harmonizer inside each training fold only (see
+:mod:`bidsharmony.evaluation.protocols`), and returns tidy tables in an
+:class:`EvaluationResults`, ready for :func:`bidsharmony.reports.group.write_group_report`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ._common import (
+    AGE,
+    EvaluationError,
+    EvaluationUsageError,
+    as_factory,
+    as_mapping,
+    check_tables,
+    make_folds,
+    site_labels,
+    site_table,
+)
+from .agreement import traveling_subject_icc, truth_error
+from .biology import effect_size_agreement, effect_sizes
+from .design import design_warnings
+from .distance import site_mmd
+from .prediction import cross_site_from_folds, summarize_cross_site
+from .protocols import cross_fit, default_mask_columns, harmonize_in_folds
+from .site import DEFAULT_ADJUST, site_predictability_from_folds
+
+LOGGER = logging.getLogger(__name__)
+
+ALL_METRICS = ("site", "cross_site", "biology", "truth", "icc", "mmd")
+
+#: what each summary column means, and which direction is better (used by the report)
+SUMMARY_COLUMNS = {
+    "site_balanced_accuracy": ("Site predictability (balanced accuracy)", "closer to chance"),
+    "site_chance": ("Chance level (1/number of sites)", ""),
+    "site_chance_upper95": ("Upper 95 % limit of chance", ""),
+    "mmd2_vs_reference": ("MMD² to the reference site (mean over sites)", "lower"),
+    "mmd2_split_half": ("MMD² between two halves of the reference site (no-difference level)", ""),
+    "cross_site_age_mae": ("Cross-site age MAE, years (mean over source→target pairs)", "lower"),
+    "cross_site_diagnosis_accuracy": ("Cross-site diagnosis accuracy (mean over pairs)", "higher"),
+    "age_effect_r_vs_raw": ("Age effects: correlation with raw across features", "close to 1"),
+    "age_effect_r_vs_truth": ("Age effects: correlation with the truth", "higher"),
+    "sex_effect_r_vs_raw": ("Sex effects: correlation with raw across features", "close to 1"),
+    "sex_effect_r_vs_truth": ("Sex effects: correlation with the truth", "higher"),
+    "nrmse_to_truth": ("Error to the truth (RMSE / SD of truth, mean over features)", "lower"),
+    "nrmse_centered_to_truth": ("Error to the truth ignoring a constant offset per feature", "lower"),
+    "icc_2_1_median": ("Traveling subjects: median ICC(2,1) across features", "higher"),
+    "icc_3_1_median": ("Traveling subjects: median ICC(3,1) (ignores site offsets)", "higher"),
+    "log_likelihood_train": ("Model log-likelihood per scan, training folds", "higher"),
+    "log_likelihood_test": ("Model log-likelihood per scan, held-out folds", "higher"),
+    "fit_seconds": ("Fit time per fold, seconds", "lower"),
+}
+
+
+@dataclass
+class EvaluationResults:
+    """Everything :func:`evaluate_harmonizers` computed, as tidy tables.
+
+    Every table has a ``method`` column (the raw features are ``raw_method``). The
+    cross-fitted harmonized tables (each row harmonized by a model that never saw it) are in
+    :attr:`harmonized`, keyed by method, for plots.
+    """
+
+    methods: list
+    raw_method: str | None
+    summary: pd.DataFrame
+    site_predictability: pd.DataFrame
+    site_predictability_folds: pd.DataFrame
+    cross_site: pd.DataFrame
+    cross_site_folds: pd.DataFrame
+    effect_sizes: pd.DataFrame
+    effect_agreement: pd.DataFrame
+    truth_error: pd.DataFrame
+    icc: pd.DataFrame
+    mmd: pd.DataFrame
+    log_likelihood: pd.DataFrame
+    fit_log: pd.DataFrame
+    sites: pd.DataFrame
+    warnings: list
+    harmonized: dict
+    features: pd.DataFrame
+    covariates: pd.DataFrame
+    truth: pd.DataFrame | None
+    folds: list
+    config: dict
+    failed: dict = field(default_factory=dict)
+    models: dict = field(default_factory=dict)
+
+    _TABLES = ("summary", "site_predictability", "site_predictability_folds", "cross_site", "cross_site_folds",
+               "effect_sizes", "effect_agreement", "truth_error", "icc", "mmd", "log_likelihood", "fit_log",
+               "sites")
+
+    def tables(self) -> dict:
+        """``{name: DataFrame}`` of every result table."""
+        return {name: getattr(self, name) for name in self._TABLES}
+
+    def to_dict(self) -> dict:
+        """JSON-ready summary: configuration, warnings, failures and the summary table."""
+        return {"config": self.config, "methods": self.methods, "raw_method": self.raw_method,
+                "warnings": self.warnings, "failed": self.failed,
+                "summary": _records(self.summary), "site_predictability": _records(self.site_predictability),
+                "cross_site": _records(self.cross_site), "effect_agreement": _records(self.effect_agreement),
+                "sites": _records(self.sites)}
+
+    def write_tables(self, out_dir, prefix: str = "evaluation") -> dict:
+        """Write every table as ``<prefix>_<name>.tsv`` and the summary as ``<prefix>.json``
+        (atomically) into ``out_dir``; return ``{name: path}``."""
+        from ..utils.io import atomic_write_json, atomic_write_text
+
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        paths = {}
+        for name, table in self.tables().items():
+            path = out_dir / f"{prefix}_{name}.tsv"
+            atomic_write_text(path, table.to_csv(sep="\t", index=False, na_rep="n/a", float_format="%.6g"))
+            paths[name] = path
+        paths["json"] = atomic_write_json(out_dir / f"{prefix}.json", self.to_dict())
+        return paths
+
+
+def _records(table: pd.DataFrame) -> list:
+    clean = table.astype(object).where(pd.notna(table), None)
+    return [{k: (v.item() if isinstance(v, np.generic) else v) for k, v in row.items()}
+            for row in clean.to_dict(orient="records")]
+
+
+def _check_truth(truth, features: pd.DataFrame):
+    if truth is None:
+        return None
+    if not isinstance(truth, pd.DataFrame):
+        raise EvaluationError("truth must be a DataFrame with the index and feature columns of the features")
+    missing = [c for c in features.columns if c not in truth.columns]
+    if missing or not features.index.isin(truth.index).all():
+        raise EvaluationError("truth must hold every row and feature column of the feature table "
+                              f"(missing columns: {', '.join(map(str, missing[:5])) or 'none'})")
+    truth = truth.loc[features.index, list(features.columns)].astype(np.float64)
+    if not np.isfinite(truth.to_numpy()).all():
+        raise EvaluationError("truth holds NaN or infinite values")
+    return truth
+
+
+def evaluate_harmonizers(features: pd.DataFrame, covariates: pd.DataFrame, harmonizers, truth=None, *,
+                         n_splits: int = 5, groups="auto", seed: int = 0, metrics=ALL_METRICS,
+                         site_classifier="logistic", site_adjust_for=DEFAULT_ADJUST, predictor="mlp",
+                         cross_site_sources=None,
+                         diagnosis_column: str | None = "diagnosis", reference_site: str | None = None,
+                         mask_target_in_transform: bool = False, mlp_epochs: int = 100,
+                         mlp_params: dict | None = None, n_threads: int | None = 1,
+                         mmd_max_per_site: int = 500, min_site_size: int = 30, include_raw: bool = True,
+                         raw_name: str = "raw", on_error: str = "raise",
+                         keep_models: bool = False) -> EvaluationResults:
+    """Evaluate raw features and each harmonizer with every metric, leakage-safely.
+
+    Parameters
+    ----------
+    features : pandas.DataFrame
+        One row per scan, one numeric column per feature (e.g. ROI volumes).
+    covariates : pandas.DataFrame
+        Same index; ``site``, ``age``, ``sex``, optionally ``diagnosis`` and a participant
+        identifier (``participant_id``) for traveling subjects / grouping.
+    harmonizers : dict ``{name: spec}`` or sequence of registered names
+        ``spec``: a zero-argument factory returning an object with ``fit(features,
+        covariates)`` / ``transform(features, covariates)``, a class, an unfitted instance
+        (deep-copied per fold), a registered name, or ``None`` (no harmonization; then that
+        name replaces ``raw_name``).
+    truth : pandas.DataFrame, optional
+        Site-free ground truth of every feature (synthetic data); enables the error-to-truth
+        metrics and effect sizes of the truth.
+    n_splits, groups, seed :
+        Participant-grouped, site-stratified folds shared by every method and metric.
+    metrics : sequence
+        Subset of ``("site", "cross_site", "biology", "truth", "icc", "mmd")``.
+    site_classifier : {"logistic", "mlp"} or estimator
+    site_adjust_for : sequence or None
+        Covariate effects (age spline, sex, diagnosis) removed, per training fold, before
+        predicting the site (see :func:`bidsharmony.evaluation.site_predictability`), and
+        before the MMD comparison of sites.
+    predictor : {"mlp", "linear"} or estimator
+        Cross-site predictor (default the Table-5 MLP).
+    cross_site_sources : sequence of str, optional
+        Source sites of the cross-site protocol (default: every site).
+    diagnosis_column : str or None
+    reference_site : str, optional
+        Reference of the MMD comparison (default: the largest site).
+    mask_target_in_transform : bool
+        See :func:`bidsharmony.evaluation.cross_site_prediction`.
+    mlp_epochs, mlp_params, n_threads :
+        MLP settings; ``n_threads`` caps torch threads during training.
+    mmd_max_per_site : int
+    min_site_size : int
+        Threshold of the small-site warning.
+    include_raw : bool
+        Evaluate the raw features (SrcOnly/TarOnly bounds need them).
+    raw_name : str
+    on_error : {"raise", "warn"}
+        What to do when a harmonizer fails on a fold: stop, or record it (``failed`` and
+        ``warnings``) and go on with the other methods.
+    keep_models : bool
+        Keep the fitted per-fold harmonizers in ``results.models``.
+
+    Returns
+    -------
+    EvaluationResults
+    """
+    started_all = time.perf_counter()
+    check_tables(features, covariates)
+    truth = _check_truth(truth, features)
+    metrics = tuple(metrics)
+    unknown = sorted(set(metrics) - set(ALL_METRICS))
+    if unknown:
+        raise EvaluationUsageError(f"unknown metric(s) {', '.join(unknown)}; choose from {', '.join(ALL_METRICS)}")
+    if on_error not in ("raise", "warn"):
+        raise EvaluationUsageError("on_error must be 'raise' or 'warn'")
+    specs = as_mapping(harmonizers)
+    factories = {}
+    for name, spec in specs.items():
+        factories[name] = as_factory(spec)
+    identity_names = [n for n, f in factories.items() if f is None]
+    if identity_names:
+        raw_name = identity_names[0]
+        for extra in identity_names[1:]:
+            factories.pop(extra)
+        include_raw = True
+    methods = ([raw_name] if include_raw else []) + [n for n, f in factories.items() if f is not None]
+    if not methods:
+        raise EvaluationUsageError("nothing to evaluate: give at least one harmonizer or include_raw=True")
+    folds = make_folds(covariates, n_splits, groups=groups, seed=seed)
+    sites = site_labels(covariates).astype(str)
+    if reference_site is None:
+        labels, counts = np.unique(sites, return_counts=True)
+        reference_site = sorted(labels, key=lambda s: (-counts[list(labels).index(s)], s))[0]
+    mask_columns = default_mask_columns(covariates, diagnosis_column) if mask_target_in_transform else ()
+    mlp = dict(mlp_epochs=mlp_epochs, n_threads=n_threads, mlp_params=mlp_params)
+
+    warning_list = design_warnings(covariates, min_site_size=min_site_size, groups=groups,
+                                   diagnosis_column=diagnosis_column)
+    failed, harmonized, models = {}, {}, {}
+    site_rows, site_folds, cross_parts, fit_rows, ll_rows = [], [], [], [], []
+    for method in methods:
+        factory = None if method == raw_name else factories[method]
+        LOGGER.info("evaluating %s: fitting in %d folds", method, len(folds))
+        try:
+            fold_data = harmonize_in_folds(features, covariates, factory, folds, mask_columns=mask_columns
+                                           if factory is not None else (), keep_models=keep_models)
+        except Exception as error:  # noqa: BLE001 - reported per method when on_error="warn"
+            if on_error == "raise":
+                raise
+            message = f"{type(error).__name__}: {error}"
+            failed[method] = message
+            warning_list.append({"code": "harmonizer_failed", "sites": "", "message":
+                                 f"Harmonizer {method} failed and is left out of the comparison ({message})."})
+            LOGGER.warning("harmonizer %s failed: %s", method, message)
+            continue
+        if keep_models:
+            models[method] = [fd.harmonizer for fd in fold_data]
+        for fd in fold_data:
+            fit_rows.append({"method": method, "fold": fd.fold.index, "n_train": len(fd.fold.train),
+                             "n_test": len(fd.fold.test), "fit_seconds": fd.fit_seconds,
+                             "transform_seconds": fd.transform_seconds})
+            ll_rows.append({"method": method, "fold": fd.fold.index, "log_likelihood_train": fd.log_likelihood_train,
+                            "log_likelihood_test": fd.log_likelihood_test})
+        harmonized[method] = cross_fit(fold_data, features)
+        if "site" in metrics:
+            summary, per_fold = site_predictability_from_folds(fold_data, covariates, method=method,
+                                                               classifier=site_classifier, seed=seed,
+                                                               adjust_for=site_adjust_for,
+                                                               diagnosis_column=diagnosis_column, **mlp)
+            site_rows.append(summary)
+            site_folds.append(per_fold)
+        if "cross_site" in metrics and AGE in covariates.columns:
+            cross_parts.append(cross_site_from_folds(
+                fold_data, covariates, method=method, predictor=predictor, sources=cross_site_sources,
+                diagnosis_column=diagnosis_column, use_masked=bool(mask_columns) and factory is not None,
+                seed=seed, **mlp))
+    methods = [m for m in methods if m not in failed]
+
+    # descriptive metrics on the cross-fitted tables
+    effect_tables, agreement_rows, truth_rows, icc_rows, mmd_rows = [], [], [], [], []
+    raw_effects = truth_effects = None
+    if "biology" in metrics:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            raw_effects = effect_sizes(features, covariates, diagnosis_column=diagnosis_column)
+            if truth is not None:
+                truth_effects = effect_sizes(truth, covariates, diagnosis_column=diagnosis_column)
+                effect_tables.append(truth_effects.assign(method="truth"))
+            for method in methods:
+                eff = raw_effects if method == raw_name else effect_sizes(
+                    harmonized[method], covariates, diagnosis_column=diagnosis_column)
+                effect_tables.append(eff.assign(method=method))
+                agreement_rows.append(effect_size_agreement(eff, raw_effects if include_raw else None,
+                                                            truth_effects).assign(method=method))
+    for method in methods:
+        table = harmonized[method]
+        if "truth" in metrics and truth is not None:
+            truth_rows.append(truth_error(table, truth).assign(method=method))
+        if "icc" in metrics:
+            icc_rows.append(traveling_subject_icc(table, covariates, groups=groups).assign(method=method))
+        if "mmd" in metrics:
+            mmd_rows.append(site_mmd(table, covariates, reference_site=reference_site,
+                                     max_per_site=mmd_max_per_site, adjust_for=site_adjust_for,
+                                     diagnosis_column=diagnosis_column, seed=seed).assign(method=method))
+
+    def stack(parts, first=("method",)):
+        parts = [p for p in parts if p is not None and len(p)]
+        if not parts:
+            return pd.DataFrame(columns=list(first))
+        table = pd.concat(parts, ignore_index=True)
+        return table[list(first) + [c for c in table.columns if c not in first]]
+
+    cross_folds = stack(cross_parts)
+    cross = summarize_cross_site(cross_folds, raw_method=raw_name if raw_name in methods else None) \
+        if len(cross_folds) else pd.DataFrame(columns=["method"])
+    results = EvaluationResults(
+        methods=methods, raw_method=raw_name if raw_name in methods else None,
+        summary=pd.DataFrame(),
+        site_predictability=pd.DataFrame(site_rows) if site_rows else pd.DataFrame(columns=["method"]),
+        site_predictability_folds=stack(site_folds), cross_site=cross, cross_site_folds=cross_folds,
+        effect_sizes=stack(effect_tables), effect_agreement=stack(agreement_rows), truth_error=stack(truth_rows),
+        icc=stack(icc_rows), mmd=stack(mmd_rows), log_likelihood=stack([pd.DataFrame(ll_rows)]),
+        fit_log=stack([pd.DataFrame(fit_rows)]),
+        sites=site_table(covariates, groups, diagnosis_column), warnings=warning_list, harmonized=harmonized,
+        features=features, covariates=covariates, truth=truth, folds=folds, failed=failed, models=models,
+        config={"n_splits": n_splits, "seed": seed, "metrics": list(metrics),
+                "site_classifier": str(site_classifier),
+                "site_adjust_for": ",".join(site_adjust_for or ()) or "nothing", "predictor": str(predictor),
+                "mlp_epochs": mlp_epochs,
+                "diagnosis_column": diagnosis_column, "reference_site": reference_site,
+                "mask_target_in_transform": mask_target_in_transform, "n_scans": int(len(features)),
+                "n_features": int(features.shape[1]), "n_sites": int(len(set(sites))),
+                "harmonizers": {n: (s if isinstance(s, str) or s is None else type(s).__name__
+                                    if not callable(s) else getattr(s, "__name__", type(s).__name__))
+                                for n, s in specs.items()},
+                "chance_level": "balanced accuracy, analytic 1/k", "icc": "ICC(2,1) absolute agreement",
+                "mmd": "unbiased MMD², RBF kernel, median-heuristic bandwidth, z-scored features"},
+    )
+    results.summary = summarize(results)
+    results.config["seconds"] = round(time.perf_counter() - started_all, 2)
+    return results
+
+
+def summarize(results: EvaluationResults) -> pd.DataFrame:
+    """One row per method with the headline number of each metric (see :data:`SUMMARY_COLUMNS`);
+    a ``TarOnly`` row carries the cross-site upper bound."""
+    rows = {m: {"method": m} for m in results.methods}
+    for _, row in results.site_predictability.iterrows():
+        rows[row["method"]].update(site_balanced_accuracy=row["balanced_accuracy"], site_chance=row["chance"],
+                                   site_chance_upper95=row["chance_upper95"])
+    mmd = results.mmd
+    if len(mmd):
+        ref = mmd[mmd["comparison"] == "vs_reference"].groupby("method")["mmd2"].mean()
+        split = mmd[mmd["comparison"] == "split_half"].groupby("method")["mmd2"].mean()
+        for method in ref.index:
+            rows[method]["mmd2_vs_reference"] = float(ref[method])
+            if method in split.index:
+                rows[method]["mmd2_split_half"] = float(split[method])
+    cross = results.cross_site
+    if len(cross) and "task" in cross:
+        off = cross[cross["source_site"] != cross["target_site"]]
+        for (method, task, metric), value in off.groupby(["method", "task", "metric"])["value"].mean().items():
+            column = {("age", "mae"): "cross_site_age_mae",
+                      ("diagnosis", "accuracy"): "cross_site_diagnosis_accuracy"}.get((task, metric))
+            if column:
+                rows.setdefault(method, {"method": method})[column] = float(value)
+    agreement = results.effect_agreement
+    if len(agreement):
+        for _, row in agreement.iterrows():
+            if row["term"] in ("age", "sex"):
+                rows[row["method"]][f"{row['term']}_effect_r_vs_raw"] = row["r_vs_raw"]
+                rows[row["method"]][f"{row['term']}_effect_r_vs_truth"] = row["r_vs_truth"]
+    if len(results.truth_error):
+        for method, group in results.truth_error.groupby("method"):
+            rows[method]["nrmse_to_truth"] = float(group["nrmse"].mean())
+            rows[method]["nrmse_centered_to_truth"] = float(group["nrmse_centered"].mean())
+    if len(results.icc):
+        for method, group in results.icc.groupby("method"):
+            rows[method]["icc_2_1_median"] = float(group["icc_2_1"].median())
+            rows[method]["icc_3_1_median"] = float(group["icc_3_1"].median())
+    if len(results.log_likelihood):
+        for method, group in results.log_likelihood.groupby("method"):
+            if method in rows:
+                rows[method]["log_likelihood_train"] = float(group["log_likelihood_train"].mean())
+                rows[method]["log_likelihood_test"] = float(group["log_likelihood_test"].mean())
+    if len(results.fit_log):
+        for method, value in results.fit_log.groupby("method")["fit_seconds"].mean().items():
+            rows[method]["fit_seconds"] = float(value)
+    order = [m for m in results.methods] + [m for m in rows if m not in results.methods]
+    table = pd.DataFrame([rows[m] for m in order])
+    preferred = ["method", "site_balanced_accuracy", "site_chance", "site_chance_upper95", "mmd2_vs_reference",
+                 "mmd2_split_half", "cross_site_age_mae", "cross_site_diagnosis_accuracy", "age_effect_r_vs_raw",
+                 "age_effect_r_vs_truth", "sex_effect_r_vs_raw", "sex_effect_r_vs_truth", "nrmse_to_truth",
+                 "nrmse_centered_to_truth",
+                 "icc_2_1_median", "icc_3_1_median", "log_likelihood_train", "log_likelihood_test", "fit_seconds"]
+    return table[[c for c in preferred if c in table.columns]
+                 + [c for c in table.columns if c not in preferred]]
