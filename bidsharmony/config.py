@@ -85,6 +85,13 @@ class Config:
     site_column: str | None = None
     harmonizer: list[str] = field(default_factory=list)
     reference_site: str | None = None
+    features: Path | None = None
+    covariates: Path | None = None
+    harmonizer_model: Path | None = None
+    flow: str = "quadratic-spline"
+    epochs: int = 100
+    min_site_size: int = 10
+    evaluate: bool = False
     templateflow_home: Path | None = None
     verbosity: int = 0
     version: str = __version__
@@ -93,7 +100,8 @@ class Config:
     )
 
     def __post_init__(self):
-        for name in ("bids_dir", "output_dir", "work_dir", "use_plugin", "templateflow_home"):
+        for name in ("bids_dir", "output_dir", "work_dir", "use_plugin", "templateflow_home",
+                     "features", "covariates", "harmonizer_model"):
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, Path(value).absolute())

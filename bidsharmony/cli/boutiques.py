@@ -31,7 +31,10 @@ _ERROR_CODES = (
     (EXIT_USAGE, "Command-line usage error"),
     (EXIT_MISSING_INPUT, "An input file or folder is missing"),
 )
-_FILE_DESTS = {"bids_dir", "work_dir", "use_plugin", "bids_filters", "templateflow_home"}
+_FILE_DESTS = {
+    "bids_dir", "work_dir", "use_plugin", "bids_filters", "templateflow_home",
+    "features", "covariates", "harmonizer_model",
+}
 
 
 def _input(action: argparse.Action) -> dict:

@@ -159,6 +159,33 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"harmonization method(s): {', '.join(HARMONIZERS)}",
     )
     group.add_argument("--reference-site", help="site every scan is harmonized to")
+    group.add_argument(
+        "--features", type=_existing_file, metavar="FILE",
+        help="harmonize an existing feature table (TSV/CSV with participant_id, optional "
+        "session_id) instead of the participant level's ROI tables",
+    )
+    group.add_argument(
+        "--covariates", type=_existing_file, metavar="FILE",
+        help="TSV with participant_id (optional session_id), age, sex and site; default: the "
+        "dataset's participants.tsv (and sessions.tsv)",
+    )
+    group.add_argument(
+        "--harmonizer-model", type=Path, metavar="DIR",
+        help="apply a saved model (group/models/<method>) to new scans without refitting",
+    )
+    group.add_argument(
+        "--flow", choices=("affine", "linear-spline", "quadratic-spline"), default="quadratic-spline",
+        help="flow-scm: conditional flow of the ROI features",
+    )
+    group.add_argument("--epochs", type=_positive_int, default=100, help="flow-scm: training epochs")
+    group.add_argument(
+        "--min-site-size", type=_positive_int, default=10,
+        help="refuse sites with fewer scans than this (estimates of small sites are unreliable)",
+    )
+    group.add_argument(
+        "--evaluate", action="store_true",
+        help="compare the harmonizers leakage-safely (cross-validated) and write an HTML report",
+    )
     return parser
 
 
