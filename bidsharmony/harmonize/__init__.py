@@ -1,0 +1,48 @@
+"""Group-level harmonizers: fit site effects on feature tables, map scans to a reference site.
+
+Pure library code — tables and covariates in, tables out; no BIDS, no Nipype::
+
+    from bidsharmony.harmonize import get_harmonizer, load_harmonizer
+
+    harmonizer = get_harmonizer("flow-scm", reference_site="siteA", epochs=100)
+    harmonized = harmonizer.fit_transform(features, covariates)
+    harmonizer.save("models/flow-scm")
+    same = load_harmonizer("models/flow-scm")
+
+Importing this package is light: torch/nflows (flow-scm) and neuroHarmonize (ComBat) are
+imported only when a harmonizer that needs them is created or loaded.
+"""
+
+from __future__ import annotations
+
+from .names import HARMONIZERS
+
+__all__ = ["HARMONIZERS", "get_harmonizer", "harmonizer_class", "load_harmonizer"]
+
+
+def harmonizer_class(name: str):
+    """The class implementing harmonizer ``name`` (one of :data:`HARMONIZERS`)."""
+    from .base import harmonizer_class as lookup
+
+    return lookup(name)
+
+
+def get_harmonizer(name: str, **params):
+    """A new, unfitted harmonizer.
+
+    Parameters
+    ----------
+    name : str
+        One of :data:`HARMONIZERS`: ``"combat"``, ``"combat-gam"``, ``"flow-scm"``.
+    **params
+        Keyword arguments of that harmonizer's class (e.g. ``reference_site``,
+        ``random_seed``, ``flow``, ``epochs``).
+    """
+    return harmonizer_class(name)(**params)
+
+
+def load_harmonizer(path):
+    """Load a model folder written by ``Harmonizer.save`` (any method)."""
+    from .base import Harmonizer
+
+    return Harmonizer.load(path)

@@ -1,0 +1,231 @@
+"""Maximum-likelihood training of a :class:`~.model.FlowSCM` as in Wang et al. (2021).
+
+Adam (learning rate 3e-4, weight decay 1e-4), batches of 64, a staircase learning-rate decay
+at 50 % and 75 % of the epochs, at least 100 epochs by default. A validation split (stratified
+by a label, e.g. site) is held out; the weights with the best validation log-likelihood are
+kept (the paper reports the best validation log-likelihood), optionally stopping early when it
+has not improved for ``patience`` epochs. One log line per epoch (loss, time left) goes to the
+``bidsharmony.harmonize.scm.training`` logger.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from ..errors import TrainingError
+
+LOGGER = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainingConfig:
+    """Settings of :func:`train_scm` (defaults: the paper's).
+
+    Attributes
+    ----------
+    epochs : int
+    batch_size : int
+    learning_rate : float
+    weight_decay : float
+        Adam's L2 penalty.
+    lr_milestones : tuple of float
+        Fractions of ``epochs`` after which the learning rate is multiplied by ``lr_decay``.
+    lr_decay : float
+    validation_fraction : float
+        Share of rows held out (stratified); 0 trains on everything and keeps the last epoch.
+    patience : int or None
+        Stop after this many epochs without a better validation NLL (``None``: never).
+    max_grad_norm : float or None
+        Gradient-norm clipping, a guard against rare spline blow-ups (``None``: off).
+    seed : int
+        Seeds the split, the initialisation and the batch order.
+    num_threads : int
+        torch intra-op threads during training.
+    """
+
+    epochs: int = 100
+    batch_size: int = 64
+    learning_rate: float = 3e-4
+    weight_decay: float = 1e-4
+    lr_milestones: tuple = (0.5, 0.75)
+    lr_decay: float = 0.1
+    validation_fraction: float = 0.1
+    patience: int | None = None
+    max_grad_norm: float | None = 10.0
+    seed: int = 0
+    num_threads: int = 1
+
+    def to_dict(self) -> dict:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
+
+
+@contextlib.contextmanager
+def torch_threads(num_threads: int):
+    """Run a block with ``torch.set_num_threads(num_threads)``, restoring the previous value."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(num_threads)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed torch and NumPy's global generators; return a dedicated torch generator."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % (2 ** 32))
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    return generator
+
+
+def split_indices(n: int, fraction: float, strata: np.ndarray | None, seed: int):
+    """Train/validation row indices, stratified by ``strata`` (every stratum keeps >= 1 train row)."""
+    rng = np.random.default_rng(seed)
+    if fraction <= 0:
+        return np.arange(n), np.array([], dtype=int)
+    strata = np.zeros(n, dtype=int) if strata is None else np.asarray(strata)
+    train, valid = [], []
+    for label in np.unique(strata):
+        rows = rng.permutation(np.flatnonzero(strata == label))
+        n_valid = int(round(fraction * len(rows)))
+        n_valid = min(n_valid, len(rows) - 1)
+        valid.append(rows[:n_valid])
+        train.append(rows[n_valid:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(valid))
+
+
+def _subset(values: dict, rows: torch.Tensor) -> dict:
+    return {k: v[rows] for k, v in values.items()}
+
+
+@torch.no_grad()
+def evaluate_log_prob(scm, values: dict, chunk_rows: int = 1024) -> dict:
+    """Per-node log-likelihoods of every row, computed in chunks so memory stays bounded
+    (a masked autoregressive spline over 145 features holds ~27 MB per 1,000 rows and tensor)."""
+    n = int(next(iter(values.values())).shape[0])
+    parts = [scm.log_prob(_subset(values, torch.arange(start, min(start + chunk_rows, n))))
+             for start in range(0, n, chunk_rows)]
+    return {name: torch.cat([part[name] for part in parts]) for name in parts[0]}
+
+
+def mean_nll(scm, values: dict) -> float:
+    """Mean negative joint log-likelihood per row (chunked, no gradients)."""
+    return -torch.stack(list(evaluate_log_prob(scm, values).values())).sum(dim=0).mean().item()
+
+
+def _format_seconds(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min"
+
+
+def train_scm(scm, values: dict, config: TrainingConfig, strata=None, logger=LOGGER) -> dict:
+    """Fit ``scm`` by maximum likelihood; returns the training history.
+
+    Parameters
+    ----------
+    scm : FlowSCM
+        Freshly built model; its normalisations are initialised here from the training rows.
+    values : dict
+        All rows, ``{node: tensor}``.
+    config : TrainingConfig
+    strata : numpy.ndarray, optional
+        Labels to stratify the validation split by (e.g. site codes).
+    logger : logging.Logger
+
+    Returns
+    -------
+    dict
+        ``epochs`` (per-epoch train/validation NLL, learning rate, seconds), ``best_epoch``,
+        ``best_validation_nll``, ``final_train_nll``, ``per_node_nll`` (validation, or train),
+        ``n_train``, ``n_validation``, ``seconds``, ``config``.
+    """
+    with torch_threads(config.num_threads):
+        generator = seed_everything(config.seed)
+        n = int(next(iter(values.values())).shape[0])
+        train_rows, valid_rows = split_indices(n, config.validation_fraction, strata, config.seed)
+        train = _subset(values, torch.as_tensor(train_rows))
+        valid = _subset(values, torch.as_tensor(valid_rows)) if len(valid_rows) else None
+        scm.initialise(train)
+        # foreach: one fused update over all parameter tensors (~10 % faster steps on CPU)
+        optimizer = torch.optim.Adam(scm.parameters(), lr=config.learning_rate,
+                                     weight_decay=config.weight_decay, foreach=True)
+        milestones = sorted({max(1, int(round(f * config.epochs))) for f in config.lr_milestones
+                             if 0 < f < 1})
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones,
+                                                         gamma=config.lr_decay)
+        history, best_state, best_nll, best_epoch = [], None, math.inf, 0
+        started = time.perf_counter()
+        n_train = len(train_rows)
+        batch_size = min(config.batch_size, n_train)
+        for epoch in range(1, config.epochs + 1):
+            scm.train()
+            order = torch.randperm(n_train, generator=generator)
+            total, seen = 0.0, 0
+            for start in range(0, n_train, batch_size):
+                rows = order[start:start + batch_size]
+                if len(rows) < 2 and n_train > 1:
+                    continue  # a 1-row tail batch adds noise and nothing else
+                loss = scm.nll(_subset(train, rows))
+                if not torch.isfinite(loss):
+                    raise TrainingError(
+                        f"flow-SCM training diverged at epoch {epoch} (loss {loss.item()}); lower the "
+                        "learning rate, use flow='affine', or check the features for outliers"
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if config.max_grad_norm:
+                    torch.nn.utils.clip_grad_norm_(scm.parameters(), config.max_grad_norm)
+                optimizer.step()
+                total += loss.item() * len(rows)
+                seen += len(rows)
+            scheduler.step()
+            train_nll = total / max(seen, 1)
+            scm.eval()
+            valid_nll = None
+            if valid is not None:
+                valid_nll = mean_nll(scm, valid)
+            monitored = valid_nll if valid_nll is not None else train_nll
+            if valid is None or monitored < best_nll:
+                best_nll, best_epoch = monitored, epoch
+                best_state = copy.deepcopy(scm.state_dict())
+            elapsed = time.perf_counter() - started
+            left = elapsed / epoch * (config.epochs - epoch)
+            history.append({"epoch": epoch, "train_nll": train_nll, "validation_nll": valid_nll,
+                            "learning_rate": optimizer.param_groups[0]["lr"], "seconds": elapsed})
+            logger.info(
+                "flow-SCM epoch %d/%d  train NLL %.4f%s  lr %.1e  %s elapsed, ~%s left",
+                epoch, config.epochs, train_nll,
+                f"  validation NLL {valid_nll:.4f}" if valid_nll is not None else "",
+                history[-1]["learning_rate"], _format_seconds(elapsed), _format_seconds(left),
+            )
+            if (config.patience is not None and valid is not None
+                    and epoch - best_epoch >= config.patience):
+                logger.info("flow-SCM: no validation improvement for %d epochs, stopping at epoch %d "
+                            "(best epoch %d)", config.patience, epoch, best_epoch)
+                break
+        if best_state is not None:
+            scm.load_state_dict(best_state)
+        scm.eval()
+        reported = valid if valid is not None else train
+        per_node = {k: -v.mean().item() for k, v in evaluate_log_prob(scm, reported).items()}
+        final_train = mean_nll(scm, train)
+        seconds = time.perf_counter() - started
+        logger.info("flow-SCM trained in %s: best epoch %d, %s NLL %.4f (train %.4f)",
+                    _format_seconds(seconds), best_epoch,
+                    "validation" if valid is not None else "train", best_nll, final_train)
+        return {"epochs": history, "best_epoch": best_epoch,
+                "best_validation_nll": best_nll if valid is not None else None,
+                "final_train_nll": final_train, "per_node_nll": per_node,
+                "n_train": int(n_train), "n_validation": int(len(valid_rows)),
+                "seconds": seconds, "config": config.to_dict()}
+

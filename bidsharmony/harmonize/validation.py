@@ -1,0 +1,527 @@
+"""Input checks shared by every harmonizer: one place, one wording.
+
+Harmonizers take a feature table (one row per scan, one numeric column per feature, e.g. ROI
+volumes in mm³) and a covariate table with the same index holding ``site``, ``age`` (years)
+and ``sex``. The helpers here turn user tables into clean arrays or raise an error that names
+the offending column/rows and the fix; they never repair data silently.
+
+Sex codings
+-----------
+Accepted (case-insensitive, surrounding blanks ignored):
+
+* ``M``/``F``, ``male``/``female``, ``man``/``woman`` (strings);
+* numbers ``0``/``1`` read as 0 = female, 1 = male (UK Biobank);
+* numbers ``1``/``2`` read as 1 = male, 2 = female (ADNI ``PTGENDER``, DICOM-style).
+
+A numeric column that holds only ``1`` is ambiguous between the last two; ``fit`` resolves it
+as ``0/1`` and records the resolved coding in the model so ``transform`` reads later tables the
+same way. Any other code (``X``, ``other``, ``3``, blanks) raises :class:`CovariateError`
+listing the values found and the accepted ones; pass an explicit mapping (``sex_coding``) to
+read another coding. Internally sex is 0.0 (female) / 1.0 (male).
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .errors import (
+    CovariateError,
+    CovariateOverlapWarning,
+    CovariateRangeWarning,
+    FeatureError,
+    FeatureMismatchError,
+    NotEnoughSubjectsError,
+    UnknownSiteError,
+)
+
+SITE, AGE, SEX = "site", "age", "sex"
+REQUIRED_COVARIATES = (SITE, AGE, SEX)
+FEMALE, MALE = 0.0, 1.0
+
+_STRING_SEX_CODES = {
+    "m": MALE, "male": MALE, "man": MALE,
+    "f": FEMALE, "female": FEMALE, "woman": FEMALE,
+}
+#: numeric codings recognised by ``sex_coding="auto"``, by name
+NUMERIC_SEX_CODINGS = {
+    "0/1": {0.0: FEMALE, 1.0: MALE},
+    "1/2": {1.0: MALE, 2.0: FEMALE},
+}
+ACCEPTED_SEX_CODES_TEXT = "M/F, male/female, man/woman, 0/1 (0 = female), 1/2 (1 = male)"
+
+
+def _preview(values, limit: int = 8) -> str:
+    """Comma-separated preview of a few values for an error message."""
+    values = list(values)
+    text = ", ".join(repr(v) for v in values[:limit])
+    return text + (f", ... ({len(values)} in all)" if len(values) > limit else "")
+
+
+# ---------------------------------------------------------------------------------- sex
+def _code_key(value) -> str:
+    """Canonical text of a raw code, so that ``1``, ``1.0`` and ``"1"`` compare equal."""
+    text = str(value).strip().lower()
+    try:
+        return str(float(text))
+    except ValueError:
+        return text
+
+
+def resolve_sex_coding(values: pd.Series, coding="auto"):
+    """Choose how the codes in ``values`` map to female/male.
+
+    Parameters
+    ----------
+    values : pandas.Series
+        The ``sex`` column as given by the user.
+    coding : {"auto", "labels", "0/1", "1/2"} or mapping
+        ``"auto"`` recognises strings and, for numbers, 0/1 or 1/2 (see module docstring).
+        A mapping sends each raw code (compared as lower-case strings) to ``"M"`` or ``"F"``.
+
+    Returns
+    -------
+    str or dict
+        ``"labels"``, ``"0/1"``, ``"1/2"`` or a ``{code: "M"|"F"}`` mapping, to be stored with
+        the model and passed back to :func:`normalize_sex` at transform time.
+    """
+    if isinstance(coding, Mapping):
+        return {_code_key(k): str(v).strip().upper() for k, v in coding.items()}
+    if coding in ("labels", "0/1", "1/2"):
+        return coding
+    if coding != "auto":
+        raise CovariateError(
+            f"sex_coding={coding!r} is not understood; use 'auto', 'labels', '0/1', '1/2' or a "
+            "mapping such as {'1': 'F', '2': 'M'}"
+        )
+    numeric = pd.to_numeric(values, errors="coerce")
+    if numeric.notna().all():
+        codes = set(numeric.astype(float).unique())
+        if 2.0 in codes:
+            return "1/2"
+        return "0/1"
+    return "labels"
+
+
+def normalize_sex(values: pd.Series, coding="auto") -> np.ndarray:
+    """Convert a ``sex`` column to 0.0 (female) / 1.0 (male).
+
+    Parameters
+    ----------
+    values : pandas.Series
+        Raw codes.
+    coding : str or mapping
+        As returned by :func:`resolve_sex_coding` (``"auto"`` resolves it first).
+
+    Returns
+    -------
+    numpy.ndarray of float64
+
+    Raises
+    ------
+    CovariateError
+        For missing values or codes outside the coding, listing the values found and the
+        accepted ones.
+    """
+    coding = resolve_sex_coding(values, coding)
+    if values.isna().any():
+        rows = list(values.index[values.isna()])
+        raise CovariateError(
+            f"covariate 'sex' is missing for {len(rows)} row(s) ({_preview(rows)}); fill it in "
+            f"({ACCEPTED_SEX_CODES_TEXT}) or drop those rows"
+        )
+    if isinstance(coding, dict):
+        table = {k: (MALE if v in ("M", "MALE") else FEMALE if v in ("F", "FEMALE") else None)
+                 for k, v in coding.items()}
+        if any(v is None for v in table.values()):
+            raise CovariateError(f"sex_coding mapping {coding} must map every code to 'M' or 'F'")
+        keys = values.map(_code_key)
+        accepted = ", ".join(sorted(table)) + " (the sex_coding mapping)"
+    else:
+        # String labels (M/F, male/female) are unambiguous, so they are read under any coding;
+        # bare numbers only under the numeric coding resolved at fit time.
+        strings = values.astype(str).str.strip().str.lower()
+        mapped_labels = strings.map(_STRING_SEX_CODES)
+        if coding == "labels":
+            mapped_numbers = pd.Series(np.nan, index=values.index)
+            accepted = ACCEPTED_SEX_CODES_TEXT
+        else:
+            numbers = pd.to_numeric(values, errors="coerce").astype(float)
+            mapped_numbers = numbers.map(NUMERIC_SEX_CODINGS[coding])
+            accepted = f"M/F, male/female, or {coding} (the numeric coding resolved at fit time)"
+        table = None
+        mapped = mapped_labels.fillna(mapped_numbers)
+    if table is not None:
+        mapped = keys.map(table)
+    if mapped.isna().any():
+        bad = sorted({str(v) for v in values[mapped.isna()]})
+        found = sorted({str(v) for v in values})
+        raise CovariateError(
+            f"unknown sex code(s) {_preview(bad)} (values found: {_preview(found)}); accepted: "
+            f"{accepted}; recode them or pass sex_coding={{'<code>': 'M'|'F', ...}}"
+        )
+    return mapped.to_numpy(dtype=np.float64)
+
+
+# ------------------------------------------------------------------------------ tables
+@dataclass
+class PreparedData:
+    """Validated inputs as arrays, in the model's feature order.
+
+    Attributes
+    ----------
+    features : numpy.ndarray
+        ``(n_rows, n_features)`` float64, columns in ``feature_names`` order.
+    feature_names : list of str
+        The model's feature order (the input order at fit time).
+    input_columns : list of str
+        The caller's column order, restored on output.
+    index : pandas.Index
+        The caller's row index, restored on output.
+    site : numpy.ndarray
+        Site labels as strings.
+    age : numpy.ndarray
+        Age in years, float64.
+    sex : numpy.ndarray
+        0.0 female / 1.0 male.
+    extra : dict
+        Further numeric covariates requested by the harmonizer, float64 arrays.
+    """
+
+    features: np.ndarray
+    feature_names: list
+    input_columns: list
+    index: pd.Index
+    site: np.ndarray
+    age: np.ndarray
+    sex: np.ndarray
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def n_rows(self) -> int:
+        return self.features.shape[0]
+
+    def to_frame(self, values: np.ndarray) -> pd.DataFrame:
+        """Wrap a ``(n_rows, n_features)`` array in the caller's index and column order."""
+        frame = pd.DataFrame(values, index=self.index, columns=self.feature_names)
+        return frame[self.input_columns]
+
+
+def check_tables(features: pd.DataFrame, covariates: pd.DataFrame) -> None:
+    """Check that both inputs are DataFrames describing the same rows."""
+    if not isinstance(features, pd.DataFrame):
+        raise FeatureError(
+            f"features must be a pandas DataFrame (one row per scan, one column per feature), "
+            f"got {type(features).__name__}"
+        )
+    if not isinstance(covariates, pd.DataFrame):
+        raise CovariateError(
+            f"covariates must be a pandas DataFrame with columns site, age, sex, got "
+            f"{type(covariates).__name__}"
+        )
+    if len(features) == 0:
+        raise FeatureError("the feature table has no rows")
+    if features.shape[1] == 0:
+        raise FeatureError("the feature table has no feature columns")
+    if features.columns.duplicated().any():
+        dup = sorted(set(features.columns[features.columns.duplicated()].astype(str)))
+        raise FeatureError(f"duplicated feature column(s) {_preview(dup)}; make the names unique")
+    if features.index.duplicated().any():
+        dup = list(features.index[features.index.duplicated()])
+        raise FeatureError(f"duplicated row labels in the feature table ({_preview(dup)}); "
+                           "give every scan its own index label")
+    if not features.index.equals(covariates.index):
+        missing = features.index.difference(covariates.index)
+        hint = (f"{len(missing)} feature row(s) have no covariates ({_preview(missing)})"
+                if len(missing) else "the two tables list the rows in a different order")
+        raise CovariateError(
+            f"features and covariates must have the same index: {hint}; align them, e.g. "
+            "covariates = covariates.loc[features.index]"
+        )
+
+
+def feature_array(features: pd.DataFrame, feature_names: Sequence[str] | None = None,
+                  require_positive: bool = False) -> tuple[np.ndarray, list]:
+    """Return the features as float64 in model order, checking names and values.
+
+    Parameters
+    ----------
+    features : pandas.DataFrame
+        The caller's table.
+    feature_names : sequence of str, optional
+        The model's features (at transform time). Columns may come in any order, but the set
+        must match exactly.
+    require_positive : bool
+        Raise when a value is <= 0 (needed by log-transforming harmonizers).
+
+    Returns
+    -------
+    values : numpy.ndarray
+    names : list of str
+        The model's feature order.
+    """
+    columns = [str(c) for c in features.columns]
+    if feature_names is not None:
+        expected = list(feature_names)
+        missing = [c for c in expected if c not in columns]
+        unexpected = [c for c in columns if c not in expected]
+        if missing or unexpected:
+            parts = []
+            if missing:
+                parts.append(f"missing feature(s) {_preview(missing)}")
+            if unexpected:
+                parts.append(f"unexpected column(s) {_preview(unexpected)}")
+            renames = []
+            for name in unexpected:
+                close = difflib.get_close_matches(name, missing, n=1)
+                if close:
+                    renames.append(f"{name!r} -> {close[0]!r}")
+            fix = (f"rename {', '.join(renames)}" if renames else
+                   "pass exactly the features the model was fitted on, or refit")
+            raise FeatureMismatchError(f"{'; '.join(parts)} compared with the fitted model; {fix}")
+        order = [columns.index(c) for c in expected]
+        frame = features.iloc[:, order]
+    else:
+        expected = columns
+        frame = features
+    non_numeric = [str(c) for c, dtype in frame.dtypes.items()
+                   if not (pd.api.types.is_numeric_dtype(dtype) and not pd.api.types.is_bool_dtype(dtype))]
+    if non_numeric:
+        raise FeatureError(
+            f"non-numeric feature column(s) {_preview(non_numeric)}; features must be numbers "
+            "(move identifiers and covariates to the covariate table)"
+        )
+    values = frame.to_numpy(dtype=np.float64, copy=True)
+    bad = ~np.isfinite(values)
+    if bad.any():
+        cols = [expected[j] for j in np.flatnonzero(bad.any(axis=0))]
+        rows = list(frame.index[bad.any(axis=1)])
+        raise FeatureError(
+            f"{int(bad.sum())} NaN/infinite feature value(s) in column(s) {_preview(cols)} "
+            f"(rows {_preview(rows)}); impute or drop those rows before harmonizing"
+        )
+    if require_positive and (values <= 0).any():
+        cols = [expected[j] for j in np.flatnonzero((values <= 0).any(axis=0))]
+        raise FeatureError(
+            f"feature column(s) {_preview(cols)} hold values <= 0, which cannot be "
+            "log-transformed; check the units or set log_features=False"
+        )
+    return values, expected
+
+
+def age_array(covariates: pd.DataFrame) -> np.ndarray:
+    """Return ``age`` in years as float64; it must be numeric, finite and positive."""
+    raw = covariates[AGE]
+    numeric = pd.to_numeric(raw, errors="coerce")
+    bad = numeric.isna() | ~np.isfinite(numeric.astype(float))
+    if bad.any():
+        rows = list(covariates.index[bad])
+        values = sorted({str(v) for v in raw[bad]})
+        raise CovariateError(
+            f"covariate 'age' is missing or not a number for {int(bad.sum())} row(s) "
+            f"({_preview(rows)}; values {_preview(values)}); give age in years as a number"
+        )
+    values = numeric.to_numpy(dtype=np.float64)
+    if (values <= 0).any():
+        rows = list(covariates.index[values <= 0])
+        raise CovariateError(f"covariate 'age' must be positive (years); rows {_preview(rows)} are <= 0")
+    return values
+
+
+def site_array(covariates: pd.DataFrame, known_sites: Sequence[str] | None = None) -> np.ndarray:
+    """Return ``site`` as strings; at transform time every site must be a fitted one."""
+    raw = covariates[SITE]
+    if raw.isna().any():
+        rows = list(covariates.index[raw.isna()])
+        raise CovariateError(f"covariate 'site' is missing for row(s) {_preview(rows)}")
+    sites = raw.astype(str).str.strip().to_numpy(dtype=object)
+    if known_sites is not None:
+        unknown = sorted(set(sites) - set(known_sites))
+        if unknown:
+            raise UnknownSiteError(
+                f"site(s) {_preview(unknown)} were not seen when the model was fitted (known "
+                f"sites: {_preview(known_sites, limit=20)}); fix the site labels, or refit the "
+                "model including those sites"
+            )
+    return sites
+
+
+def covariate_columns_present(covariates: pd.DataFrame, extra: Sequence[str] = ()) -> None:
+    """Raise if ``site``, ``age``, ``sex`` or a requested extra covariate is absent."""
+    columns = [str(c) for c in covariates.columns]
+    missing = [c for c in (*REQUIRED_COVARIATES, *extra) if c not in columns]
+    if missing:
+        hints = []
+        for name in missing:
+            close = difflib.get_close_matches(name, [c.lower() for c in columns], n=1, cutoff=0.6)
+            if close:
+                original = next(c for c in columns if c.lower() == close[0])
+                hints.append(f"{original!r} -> {name!r}")
+        fix = f"rename {', '.join(hints)}" if hints else "add them"
+        raise CovariateError(
+            f"covariate column(s) {_preview(missing)} missing (found {_preview(columns)}); {fix}"
+        )
+
+
+def extra_array(covariates: pd.DataFrame, name: str) -> np.ndarray:
+    """Return an extra numeric covariate as finite float64."""
+    numeric = pd.to_numeric(covariates[name], errors="coerce")
+    bad = numeric.isna() | ~np.isfinite(numeric.astype(float))
+    if bad.any():
+        rows = list(covariates.index[bad])
+        raise CovariateError(
+            f"covariate {name!r} is missing or not a number for row(s) {_preview(rows)}"
+        )
+    return numeric.to_numpy(dtype=np.float64)
+
+
+def prepare(features: pd.DataFrame, covariates: pd.DataFrame, *, feature_names=None,
+            known_sites=None, sex_coding="auto", extra_covariates: Sequence[str] = (),
+            require_positive: bool = False) -> PreparedData:
+    """Validate both tables and return :class:`PreparedData`.
+
+    Parameters
+    ----------
+    features, covariates : pandas.DataFrame
+        Same index; covariates hold ``site``, ``age``, ``sex`` and ``extra_covariates``.
+    feature_names : sequence of str, optional
+        Fitted features (transform time); ``None`` at fit time.
+    known_sites : sequence of str, optional
+        Fitted sites (transform time).
+    sex_coding : str or mapping
+        See :func:`resolve_sex_coding`.
+    extra_covariates : sequence of str
+        Further numeric covariates the harmonizer uses.
+    require_positive : bool
+        Features must be > 0 (log transform).
+    """
+    check_tables(features, covariates)
+    covariate_columns_present(covariates, extra_covariates)
+    values, names = feature_array(features, feature_names, require_positive=require_positive)
+    return PreparedData(
+        features=values,
+        feature_names=names,
+        input_columns=list(features.columns),
+        index=features.index,
+        site=site_array(covariates, known_sites),
+        age=age_array(covariates),
+        sex=normalize_sex(covariates[SEX], sex_coding),
+        extra={name: extra_array(covariates, name) for name in extra_covariates},
+    )
+
+
+# ------------------------------------------------------------------------ fit-time checks
+def check_site_sizes(sites: np.ndarray, min_subjects_per_site: int) -> dict:
+    """Return ``{site: count}``; raise if a site has fewer than ``min_subjects_per_site`` rows."""
+    labels, counts = np.unique(sites.astype(str), return_counts=True)
+    sizes = {str(k): int(v) for k, v in zip(labels, counts)}
+    small = {k: v for k, v in sizes.items() if v < min_subjects_per_site}
+    if small:
+        listed = ", ".join(f"{k} ({v})" for k, v in small.items())
+        raise NotEnoughSubjectsError(
+            f"site(s) {listed} have fewer than {min_subjects_per_site} scans, too few to estimate "
+            "site effects; merge or drop them, or lower min_subjects_per_site"
+        )
+    if len(sizes) < 2:
+        raise NotEnoughSubjectsError(
+            f"only one site ({_preview(sizes)}) in the data: harmonization needs at least two"
+        )
+    return sizes
+
+
+def covariate_summary(data: PreparedData) -> dict:
+    """Ranges of the covariates seen in fit, overall and per site (stored in the manifest)."""
+    summary = {"age": {"min": float(data.age.min()), "max": float(data.age.max()),
+                       "mean": float(data.age.mean()), "by_site": {}},
+               "sex": {"n_female": int((data.sex == FEMALE).sum()),
+                       "n_male": int((data.sex == MALE).sum()), "by_site": {}},
+               "extra": {}}
+    for site in sorted(set(data.site)):
+        mask = data.site == site
+        summary["age"]["by_site"][site] = [float(data.age[mask].min()), float(data.age[mask].max())]
+        summary["sex"]["by_site"][site] = {"n_female": int((data.sex[mask] == FEMALE).sum()),
+                                           "n_male": int((data.sex[mask] == MALE).sum())}
+    for name, values in data.extra.items():
+        summary["extra"][name] = {"min": float(values.min()), "max": float(values.max())}
+    return summary
+
+
+def warn_on_poor_overlap(data: PreparedData, reference_site: str | None = None,
+                         min_overlap_fraction: float = 0.5) -> list:
+    """Warn when a site's age range barely overlaps the reference (or pooled) range, or a site
+    holds one sex only.
+
+    Harmonization learns site effects where sites overlap; outside that support every method
+    extrapolates (ComBat linearly, flows through their context network). Returns the messages.
+    """
+    messages = []
+    sites = sorted(set(data.site))
+    if reference_site is not None:
+        ref_mask = data.site == reference_site
+        ref_lo, ref_hi = data.age[ref_mask].min(), data.age[ref_mask].max()
+        target = f"reference site {reference_site!r}"
+    for site in sites:
+        mask = data.site == site
+        lo, hi = data.age[mask].min(), data.age[mask].max()
+        if reference_site is None:
+            others = data.age[~mask]
+            ref_lo, ref_hi = others.min(), others.max()
+            target = "the other sites"
+        if site == reference_site:
+            continue
+        overlap = max(0.0, min(hi, ref_hi) - max(lo, ref_lo))
+        width = max(hi - lo, 1e-9)
+        if overlap / width < min_overlap_fraction:
+            messages.append(
+                f"site {site!r} ages {lo:.1f}-{hi:.1f} overlap {target} ({ref_lo:.1f}-{ref_hi:.1f}) "
+                f"for only {100 * overlap / width:.0f}% of their range: its site effect is "
+                "extrapolated there"
+            )
+        sexes = set(data.sex[mask])
+        if len(sexes) < 2:
+            messages.append(f"site {site!r} has scans of one sex only: sex and site effects are confounded")
+    for message in messages:
+        warnings.warn(message, CovariateOverlapWarning, stacklevel=3)
+    return messages
+
+
+def warn_outside_fitted_range(age: np.ndarray, fitted_min: float, fitted_max: float,
+                              what: str = "age", action: str = "extrapolated") -> int:
+    """Warn (once per call) when values fall outside ``[fitted_min, fitted_max]``; return the count."""
+    outside = int(((age < fitted_min) | (age > fitted_max)).sum())
+    if outside:
+        warnings.warn(
+            f"{outside} row(s) have {what} outside the range seen in fit "
+            f"({fitted_min:.4g}-{fitted_max:.4g}, given {np.min(age):.4g}-{np.max(age):.4g}); "
+            f"their harmonization is {action}",
+            CovariateRangeWarning, stacklevel=3,
+        )
+    return outside
+
+
+def check_positive_int(name: str, value, minimum: int = 1) -> int:
+    """Return ``value`` as int if it is an integer >= ``minimum``; raise otherwise."""
+    from .errors import HarmonizerParameterError
+
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise HarmonizerParameterError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def check_fraction(name: str, value, low: float = 0.0, high: float = 1.0) -> float:
+    """Return ``value`` as float in ``[low, high)``; raise otherwise."""
+    from .errors import HarmonizerParameterError
+
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not (low <= number < high):
+        raise HarmonizerParameterError(f"{name} must be a number in [{low}, {high}), got {value!r}")
+    return number
