@@ -22,12 +22,13 @@ $(VENV)/.installed: requirements.txt setup.cfg pyproject.toml
 
 demo: install
 	$(BIN)/bidsharmony-templateflow $(TEMPLATEFLOW_HOME)
-	$(BIN)/bidsharmony-demo-data $(DEMO_DIR)/data
+	test -d $(DEMO_DIR)/data/bids || $(BIN)/bidsharmony-demo-data $(DEMO_DIR)/data
 	$(BIN)/bidsharmony $(DEMO_DIR)/data/bids $(DEMO_DIR)/derivatives participant \
 		--nprocs $(NPROCS) --output-spaces MNI152NLin2009aSym:res-2 --reg-quality fast \
 		-w $(DEMO_DIR)/work
 	$(BIN)/bidsharmony $(DEMO_DIR)/data/bids $(DEMO_DIR)/derivatives group \
-		--site-column site -w $(DEMO_DIR)/work
+		--site-column site --harmonizer combat flow-scm --min-site-size 3 --epochs 50 \
+		-w $(DEMO_DIR)/work
 	@echo "Demo outputs: $(DEMO_DIR)/derivatives (reports: $(DEMO_DIR)/derivatives/sub-*.html, group table: $(DEMO_DIR)/derivatives/group/); ground truth: $(DEMO_DIR)/data/ground_truth"
 
 test: install

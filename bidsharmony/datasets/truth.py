@@ -53,15 +53,24 @@ def score_scan(derivatives: Path, truth: Path, row, atlas: str = "Neuromorphomet
     return scores
 
 
+def _processed(derivatives: Path, truth: Path, atlas: str) -> pd.DataFrame:
+    """Rows of the true ROI table whose scans have participant-level outputs."""
+    table = pd.read_csv(Path(truth) / "roi_volumes.tsv", sep="\t", dtype={"session_id": str}, keep_default_na=False)
+    done = [
+        (_anat_dir(derivatives, row) / f"{_scan_stem(row)}_atlas-{atlas}_desc-volume_morph.tsv").is_file()
+        for _, row in table.iterrows()
+    ]
+    return table[done]
+
+
 def volume_errors(derivatives: Path, truth: Path, atlas: str = "Neuromorphometrics", min_volume_mm3: float = 0.0) -> pd.DataFrame:
     """Relative error (%) of every measured volume against the true one, one row per scan.
 
     Columns whose true volume is at most ``min_volume_mm3`` are left out: a relative error
     of a region that (nearly) vanished at the scan's resolution says nothing.
     """
-    true_table = pd.read_csv(Path(truth) / "roi_volumes.tsv", sep="\t", dtype={"session_id": str}, keep_default_na=False)
     rows = []
-    for _, row in true_table.iterrows():
+    for _, row in _processed(derivatives, truth, atlas).iterrows():
         path = _anat_dir(derivatives, row) / f"{_scan_stem(row)}_atlas-{atlas}_desc-volume_morph.tsv"
         measured = pd.read_csv(path, sep="\t").iloc[0]
         columns = [c for c in measured.index if c.startswith(("volume_", "gm_")) and c in row.index]
@@ -74,7 +83,7 @@ def volume_errors(derivatives: Path, truth: Path, atlas: str = "Neuromorphometri
 
 def score_participant_outputs(derivatives: Path, truth: Path, atlas: str = "Neuromorphometrics", min_volume_mm3: float = 1000.0) -> pd.DataFrame:
     """Per scan: Dice of mask and tissues, median |ROI volume error| (%) and global errors."""
-    true_table = pd.read_csv(Path(truth) / "roi_volumes.tsv", sep="\t", dtype={"session_id": str}, keep_default_na=False)
+    true_table = _processed(derivatives, truth, atlas)
     errors = volume_errors(derivatives, truth, atlas, min_volume_mm3).set_index(["participant_id", "session_id"])
     rows = []
     for _, row in true_table.iterrows():
