@@ -90,6 +90,7 @@ class Config:
     harmonizer_model: Path | None = None
     flow: str = "quadratic-spline"
     epochs: int = 100
+    adapt_new_site: bool = False
     min_site_size: int = 10
     evaluate: bool = False
     templateflow_home: Path | None = None

@@ -37,6 +37,8 @@ def harmonizer_params(config, method: str) -> dict:
     }
     if method == "flow-scm":
         params.update(flow=config.flow, epochs=config.epochs, num_threads=config.omp_nthreads)
+    elif method == "equivariant-pooling":
+        params.update(num_threads=config.omp_nthreads)
     return params
 
 
@@ -74,13 +76,19 @@ def _fit_and_apply(config, group, out_dir: Path) -> list[Path]:
             model_dir = harmonizer.save(out_dir / "models" / method)
         else:
             LOGGER.info("Applying the saved %s model %s", method, config.harmonizer_model)
-            harmonized = harmonizer.transform(group.features, group.covariates)
             model_dir = config.harmonizer_model
+            unknown = sorted(set(group.covariates["site"]) - set(harmonizer.sites_))
+            if config.adapt_new_site and unknown:
+                LOGGER.info("Adapting %s to new site(s) %s, fitted weights frozen", method, ", ".join(unknown))
+                harmonizer.adapt_new_sites(group.features, group.covariates, epochs=config.epochs)
+                model_dir = harmonizer.save(out_dir / "models" / f"{method}-adapted")
+            harmonized = harmonizer.transform(group.features, group.covariates)
         desc = desc_label(method)
         meta = {
-            "Description": f"Features harmonized with {method} to the reference site",
+            "Description": getattr(harmonizer, "output_description", None)
+            or f"Features harmonized with {method} to the reference site",
             "Method": method,
-            "ReferenceSite": harmonizer.reference_site,
+            "ReferenceSite": getattr(harmonizer, "reference_site_", None) or harmonizer.reference_site,
             "Model": str(model_dir),
             "Parameters": harmonizer.get_params(),
             "RandomSeed": config.random_seed,
@@ -102,8 +110,10 @@ def _evaluate(config, group, out_dir: Path) -> Path:
     from ..harmonize import get_harmonizer
     from ..reports.group import write_group_report
 
+    # The evaluation compares harmonized features; pooling returns a representation instead.
     factories = {
-        m: (lambda m=m: get_harmonizer(m, **harmonizer_params(config, m))) for m in config.harmonizer
+        m: (lambda m=m: get_harmonizer(m, **harmonizer_params(config, m)))
+        for m in config.harmonizer if m != "equivariant-pooling"
     }
     covariates = pd.concat([group.ids[["participant_id"]], group.covariates], axis=1)
     LOGGER.info("Evaluating %s leakage-safely (cross-validated; every fold refits)", ", ".join(factories))

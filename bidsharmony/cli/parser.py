@@ -177,6 +177,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--flow", choices=("affine", "linear-spline", "quadratic-spline"), default="quadratic-spline",
         help="flow-scm: conditional flow of the ROI features",
     )
+    group.add_argument(
+        "--adapt-new-site", action="store_true",
+        help="with --harmonizer-model (flow-scm): learn only the conditioning of sites the model "
+        "never saw, every fitted weight frozen, then harmonize",
+    )
     group.add_argument("--epochs", type=_positive_int, default=100, help="flow-scm: training epochs")
     group.add_argument(
         "--min-site-size", type=_positive_int, default=10,

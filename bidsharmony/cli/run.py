@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import traceback
 from datetime import datetime, timezone
@@ -53,6 +54,10 @@ def run(config: Config) -> int:
     from ..templates import use_templateflow_home
     from ..utils.seeding import seed_everything
 
+    # ITK reads its thread count once per process: set it before any antspyx import, so
+    # the interfaces run in-process instead of paying for a subprocess each.
+    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(config.omp_nthreads)
+    os.environ.setdefault("NIPYPE_NO_ET", "1")
     use_templateflow_home(config.templateflow_home)
     seed_everything(config.random_seed)
     config_file = config.write_log()

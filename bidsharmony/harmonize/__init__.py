@@ -9,7 +9,7 @@ Pure library code — tables and covariates in, tables out; no BIDS, no Nipype::
     harmonizer.save("models/flow-scm")
     same = load_harmonizer("models/flow-scm")
 
-Importing this package is light: torch/nflows (flow-scm) and neuroHarmonize (ComBat) are
+Importing this package is light: torch/nflows (flow-scm) and neuroHarmonize (ComBat, CovBat) are
 imported only when a harmonizer that needs them is created or loaded.
 """
 
@@ -33,7 +33,7 @@ def get_harmonizer(name: str, **params):
     Parameters
     ----------
     name : str
-        One of :data:`HARMONIZERS`: ``"combat"``, ``"combat-gam"``, ``"flow-scm"``.
+        One of :data:`HARMONIZERS`: ``"combat"``, ``"combat-gam"``, ``"covbat"``, ``"flow-scm"``.
     **params
         Keyword arguments of that harmonizer's class (e.g. ``reference_site``,
         ``random_seed``, ``flow``, ``epochs``).

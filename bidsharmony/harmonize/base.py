@@ -19,7 +19,7 @@ model file cannot execute code). The manifest records:
 
 ``format``            ``"bidsharmony-harmonizer-model"``
 ``schema_version``    integer, :data:`SCHEMA_VERSION`; a loader refuses newer versions
-``harmonizer``        registered name (``"combat"``, ``"combat-gam"``, ``"flow-scm"``)
+``harmonizer``        registered name (``"combat"``, ``"combat-gam"``, ``"covbat"``, ``"flow-scm"``)
 ``bidsharmony_version``, ``library_versions``, ``created`` (UTC, ISO 8601)
 ``feature_names``     fitted features, in model order; ``feature_units`` from the input
                       table's ``attrs["units"]`` when given
@@ -70,6 +70,8 @@ WEIGHTS_NAME = "weights.npz"
 HARMONIZER_MODULES = {
     "combat": "bidsharmony.harmonize.combat",
     "combat-gam": "bidsharmony.harmonize.combat",
+    "covbat": "bidsharmony.harmonize.covbat",
+    "equivariant-pooling": "bidsharmony.harmonize.pooling",
     "flow-scm": "bidsharmony.harmonize.scm.harmonizer",
 }
 _REGISTRY: dict = {}
@@ -154,6 +156,10 @@ class Harmonizer:
     name: ClassVar[str] = ""
     #: features must be > 0 (the method log-transforms them)
     _requires_positive_features: ClassVar[bool] = False
+    #: :meth:`adapt_new_sites` is implemented (sites unknown to the fit can be added)
+    supports_site_adaptation: ClassVar[bool] = False
+    #: extra advice in the unknown-site error of ``transform``
+    _unknown_site_hint: ClassVar[str | None] = None
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -233,6 +239,7 @@ class Harmonizer:
             sex_coding=self.sex_coding_ if fitted else self.sex_coding,
             extra_covariates=self._extra_covariates(),
             require_positive=self._requires_positive_features,
+            unknown_site_hint=self._unknown_site_hint if fitted else None,
         )
 
     def fit(self, features: pd.DataFrame, covariates: pd.DataFrame) -> "Harmonizer":
@@ -303,6 +310,17 @@ class Harmonizer:
         harmonized = data.to_frame(values)
         harmonized.attrs = dict(features.attrs)  # same names, same units
         return harmonized
+
+    def adapt_new_sites(self, features: pd.DataFrame, covariates: pd.DataFrame, **options) -> "Harmonizer":
+        """Learn the effect of sites unknown to the fitted model, keeping the fit frozen.
+
+        Only methods with :attr:`supports_site_adaptation` implement it (flow-scm); the others
+        raise :class:`~bidsharmony.harmonize.errors.HarmonizerParameterError`.
+        """
+        raise HarmonizerParameterError(
+            f"{self.name} cannot adapt a fitted model to new sites (flow-scm can); refit {self.name} "
+            "on a table that includes the new sites"
+        )
 
     def fit_transform(self, features: pd.DataFrame, covariates: pd.DataFrame) -> pd.DataFrame:
         """``fit`` then ``transform`` the same table."""

@@ -182,15 +182,27 @@ class ComBat(Harmonizer):
                                              action="extrapolated linearly")
         return age
 
-    def _transform(self, data: validation.PreparedData) -> np.ndarray:
-        values = self._features(data)
+    def _adjusted_residuals(self, data: validation.PreparedData, values: np.ndarray):
+        """ComBat's standardised residuals after the site adjustment, and how to map them back.
+
+        Returns ``(adjusted, expected, scale)`` with ``x' = adjusted * scale + expected``.
+        """
         site_index = np.searchsorted(np.asarray(self.sites_, dtype=object), data.site)
         covariate_mean = self._covariate_design(data, self._age_for_design(data.age)) @ self.covariate_coefficients_
         expected = self.grand_mean_ + covariate_mean
         scale = np.sqrt(self.var_pooled_)
         standardized = (values - expected) / scale
         adjusted = (standardized - self.gamma_star_[site_index]) / np.sqrt(self.delta_star_[site_index])
-        harmonized = adjusted * scale + expected
+        return adjusted, expected, scale
+
+    def _adjust_residuals(self, adjusted: np.ndarray, data: validation.PreparedData) -> np.ndarray:
+        """Hook for methods that further adjust ComBat's residuals (CovBat); identity here."""
+        return adjusted
+
+    def _transform(self, data: validation.PreparedData) -> np.ndarray:
+        values = self._features(data)
+        adjusted, expected, scale = self._adjusted_residuals(data, values)
+        harmonized = self._adjust_residuals(adjusted, data) * scale + expected
         if self.reference_site_ is not None:
             at_reference = data.site == self.reference_site_
             harmonized[at_reference] = values[at_reference]

@@ -4,4 +4,4 @@ The command line offers these; :func:`bidsharmony.harmonize.get_harmonizer` maps
 its class. Add a name here only when its harmonizer is implemented and tested.
 """
 
-HARMONIZERS: tuple[str, ...] = ("combat", "combat-gam", "flow-scm")
+HARMONIZERS: tuple[str, ...] = ("combat", "combat-gam", "covbat", "equivariant-pooling", "flow-scm")

@@ -334,8 +334,13 @@ def age_array(covariates: pd.DataFrame) -> np.ndarray:
     return values
 
 
-def site_array(covariates: pd.DataFrame, known_sites: Sequence[str] | None = None) -> np.ndarray:
-    """Return ``site`` as strings; at transform time every site must be a fitted one."""
+def site_array(covariates: pd.DataFrame, known_sites: Sequence[str] | None = None,
+               unknown_site_hint: str | None = None) -> np.ndarray:
+    """Return ``site`` as strings; at transform time every site must be a fitted one.
+
+    ``unknown_site_hint`` adds a method-specific way out to the unknown-site error (e.g. the
+    flow-SCM's site adaptation).
+    """
     raw = covariates[SITE]
     if raw.isna().any():
         rows = list(covariates.index[raw.isna()])
@@ -347,7 +352,7 @@ def site_array(covariates: pd.DataFrame, known_sites: Sequence[str] | None = Non
             raise UnknownSiteError(
                 f"site(s) {_preview(unknown)} were not seen when the model was fitted (known "
                 f"sites: {_preview(known_sites, limit=20)}); fix the site labels, or refit the "
-                "model including those sites"
+                "model including those sites" + (f", or {unknown_site_hint}" if unknown_site_hint else "")
             )
     return sites
 
@@ -383,7 +388,7 @@ def extra_array(covariates: pd.DataFrame, name: str) -> np.ndarray:
 
 def prepare(features: pd.DataFrame, covariates: pd.DataFrame, *, feature_names=None,
             known_sites=None, sex_coding="auto", extra_covariates: Sequence[str] = (),
-            require_positive: bool = False) -> PreparedData:
+            require_positive: bool = False, unknown_site_hint: str | None = None) -> PreparedData:
     """Validate both tables and return :class:`PreparedData`.
 
     Parameters
@@ -400,6 +405,8 @@ def prepare(features: pd.DataFrame, covariates: pd.DataFrame, *, feature_names=N
         Further numeric covariates the harmonizer uses.
     require_positive : bool
         Features must be > 0 (log transform).
+    unknown_site_hint : str, optional
+        Extra advice in the error for sites not in ``known_sites``.
     """
     check_tables(features, covariates)
     covariate_columns_present(covariates, extra_covariates)
@@ -409,7 +416,7 @@ def prepare(features: pd.DataFrame, covariates: pd.DataFrame, *, feature_names=N
         feature_names=names,
         input_columns=list(features.columns),
         index=features.index,
-        site=site_array(covariates, known_sites),
+        site=site_array(covariates, known_sites, unknown_site_hint),
         age=age_array(covariates),
         sex=normalize_sex(covariates[SEX], sex_coding),
         extra={name: extra_array(covariates, name) for name in extra_covariates},

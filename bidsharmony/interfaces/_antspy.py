@@ -4,7 +4,7 @@ ITK reads ``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS`` once, the first time a proces
 (measured: changing the variable afterwards changes nothing). Setting the variable "for one
 call" therefore only works in a process that has not used ITK yet. :func:`run_antspyx` runs
 a call in the current process when that process already asks ITK for the requested number
-of threads (the variable is set to it, as the command line does at start-up from
+of threads (the variable is set to it, e.g. by the command line at start-up from
 ``--omp-nthreads``), and otherwise in a fresh Python subprocess whose environment carries
 the thread count. Either way ``ANTS_RANDOM_SEED`` is set for the call, and antspyx's
 temporary files land in a scratch folder of the working directory that is removed after.
@@ -32,6 +32,16 @@ from ..errors import BidsharmonyError
 ITK_THREADS_VAR = "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"
 ANTS_SEED_VAR = "ANTS_RANDOM_SEED"
 _PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])
+
+
+def ants_seed(seed: int) -> int:
+    """The seed ANTs receives for our ``random_seed``: ``seed + 1`` (mod 2^31 - 1).
+
+    ANTs reads a seed of 0 as "seed from the clock" (antsRegistration ``--random-seed``:
+    "any nonzero int value"; measured: two runs with seed 0 differed), while 0 is our
+    default; shifting by one keeps every seed, 0 included, reproducible and distinct.
+    """
+    return int(seed) % (2**31 - 1) + 1
 
 
 def itk_threads_of_this_process() -> int | None:
@@ -87,8 +97,8 @@ def run_antspyx(func, *, num_threads: int = 1, seed: int = 0, workdir=None, **kw
     num_threads : int
         ITK threads for the call.
     seed : int
-        Value of ``ANTS_RANDOM_SEED`` for the call (functions that run antsRegistration
-        also take it as their own ``random_seed`` argument, for ``--random-seed``).
+        Sets ``ANTS_RANDOM_SEED`` (to :func:`ants_seed`) for the call; functions that run
+        antsRegistration also take it as their own ``random_seed`` argument.
     workdir : path-like, optional
         Folder for the scratch files and the subprocess log (default: current folder).
     **kwargs
@@ -100,7 +110,7 @@ def run_antspyx(func, *, num_threads: int = 1, seed: int = 0, workdir=None, **kw
         What ``func`` returns.
     """
     workdir = Path(workdir or os.getcwd())
-    env = {ITK_THREADS_VAR: str(int(num_threads)), ANTS_SEED_VAR: str(int(seed))}
+    env = {ITK_THREADS_VAR: str(int(num_threads)), ANTS_SEED_VAR: str(ants_seed(seed))}
     if itk_threads_of_this_process() == int(num_threads):
         with _patched_environ(env), _scratch_tempdir(workdir):
             return func(**kwargs)

@@ -13,8 +13,11 @@ Every heavy interface takes
     ITK threads; not part of the hash (it does not change what is computed), and read by
     Nipype as the node's ``n_procs``.
 ``random_seed`` (default 0)
-    Given to antsRegistration (``--random-seed``) and as ``ANTS_RANDOM_SEED`` to the other
-    ANTs programs: the same inputs and seed give the same outputs with one thread.
+    Given to antsRegistration (``--random-seed``, which drives its metric sampling) and as
+    ``ANTS_RANDOM_SEED`` to the other ANTs programs, shifted by one because ANTs reads 0
+    as "seed from the clock" (:func:`~bidsharmony.interfaces._antspy.ants_seed`).
+    Atropos runs with a constant internal seed (``-r 0``); N4 and resampling have no
+    randomness. The same inputs and seed give the same outputs with one thread.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from nipype.interfaces.base import (
 )
 
 from . import _brainmask
-from ._antspy import run_antspyx
+from ._antspy import ants_seed, run_antspyx
 
 REG_QUALITIES = ("fast", "standard")
 
@@ -289,7 +292,8 @@ def registration_arguments(
     fixed_mask, moving_mask : str, optional
         Metric masks, used in every stage.
     random_seed : int
-        ``--random-seed`` (metric sampling of the linear stages).
+        Our seed; antsRegistration gets ``--random-seed`` :func:`ants_seed` of it (ANTs
+        takes 0 to mean "from the clock").
     linear_moving : str, optional
         A different moving image for the rigid/affine stages (brain extraction aligns a
         crude brain image first, then the whole head in the SyN stage).
@@ -335,7 +339,7 @@ def registration_arguments(
         "--shrink-factors", sfs,
         "--smoothing-sigmas", sgs,
         "--masks", masks,
-        "--random-seed", str(int(random_seed)),
+        "--random-seed", str(ants_seed(random_seed)),
         "--verbose", "0",
     ]  # fmt: skip
     return args
@@ -609,6 +613,10 @@ def atropos_files(
         m=f"[{mrf_smoothing},1x1x1]",
         c=f"[{int(iterations)},0]",
         priorweight=float(prior_weight) if prior_probsegs else 0.0,
+        # -r 0: Atropos' internal generator starts from a constant seed. By default it is
+        # seeded from the clock (measured: posteriors differ by up to 0.03 between two
+        # identical calls); ANTS_RANDOM_SEED does not reach it.
+        r=0,
     )
     labels = _to_numpy_on(in_file, result["segmentation"]).astype(np.int64)
     probs = [_to_numpy_on(in_file, p) for p in result["probabilityimages"]]
@@ -688,13 +696,21 @@ def _write_like(reference_file, data, dtype, path) -> str:
 
 def _dilated_mask_file(mask_file, radius_mm, out_path) -> str:
     """Write ``mask_file`` (> 0.5) dilated by ``radius_mm`` to ``out_path``."""
-    from scipy import ndimage as ndi
-
     img = nb.load(os.fspath(mask_file))
     mask = np.asarray(img.dataobj, dtype=np.float32) > 0.5
-    spacing = img.header.get_zooms()[:3]
-    dilated = ndi.binary_dilation(mask, structure=_brainmask.ball(radius_mm, spacing))
+    dilated = _brainmask.dilate(mask, radius_mm, img.header.get_zooms()[:3])
     return _write_like(mask_file, dilated, np.uint8, out_path)
+
+
+def _native_tissue_prior(template_probsegs, reference, reverse_transform, workdir) -> np.ndarray:
+    """Where the template has brain tissue (GM + WM probability > 0.05), in native space."""
+    tissue = 0.0
+    for name, path in zip(("GM", "WM"), template_probsegs[1:3]):
+        native = apply_transforms_files(
+            path, reference, [reverse_transform], str(Path(workdir) / f"prior_{name}_native.nii.gz")
+        )["output_image"]
+        tissue = tissue + np.asarray(nb.load(native).dataobj, dtype=np.float32)
+    return tissue > 0.05
 
 
 def brain_extraction_files(
@@ -716,13 +732,16 @@ def brain_extraction_files(
     Default (brain-only template, works offline):
 
     1. head mask (Otsu, largest component, closing, hole filling) and a crude brain mask
-       (bright voxels deeper than 10 mm in the head, opened, largest component);
+       (non-dark head voxels, eroded until the largest component is brain-sized, dilated
+       back: :func:`_brainmask.crude_brain_mask`);
     2. one antsRegistration run onto the template brain: rigid and affine stages on the
        crude brain image (starting from the centres of mass), then SyN on the whole head,
        all with Mattes MI and the template mask dilated by 5 mm as the fixed metric mask —
        within it, the template's empty background faces the subject's dark CSF and skull;
     3. the template mask brought back through the inverse transform (linear, > 0.5);
-    4. a border refinement by intensity classes (:func:`_brainmask.refine_with_tissues`).
+    4. a border refinement by intensity classes (:func:`_brainmask.refine_with_tissues`),
+       which only adds tissue where the template's GM + WM probability (``template_probsegs``
+       [CSF, GM, WM], when given) reaches.
 
     With ``head_template`` and ``head_template_probmask`` (a whole-head template and its
     brain probability map), the whole head is registered to the head template and the
@@ -747,8 +766,7 @@ def brain_extraction_files(
         lines.append(f"method: head template {Path(head_template).name} with brain probability map")
     else:
         fixed, fixed_brain = template, template_mask
-        head = _brainmask.head_mask(data, spacing)
-        crude = _brainmask.crude_brain_mask(data, spacing, head)
+        crude = _brainmask.crude_brain_mask(data, spacing)
         linear_moving = _write_like(in_file, data * crude, np.float32, workdir / "crude_brain.nii.gz")
         lines.append(
             f"method: brain-only template {Path(template).name}; crude brain "
@@ -769,7 +787,8 @@ def brain_extraction_files(
     lines.append(f"registered template mask: {registered.sum() * np.prod(spacing) / 1000:.1f} mL ({reg_quality})")
     mask = registered
     if refine:
-        mask, info = _brainmask.refine_with_tissues(data, registered, spacing)
+        plausible = _native_tissue_prior(template_probsegs, in_file, reverse, workdir) if template_probsegs else None
+        mask, info = _brainmask.refine_with_tissues(data, registered, spacing, plausible)
         lines.append(
             f"tissue refinement: +{info['added_voxels']} / -{info['removed_voxels']} voxels, "
             f"class means {', '.join(f'{m:.1f}' for m in info['class_means'])}"

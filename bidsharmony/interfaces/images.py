@@ -167,14 +167,15 @@ def validate_t1w(path, notes: list[str] | None = None) -> nb.Nifti1Image:
     shift = np.abs(orthonormal - affine).max()
     if shift > 1e-6:
         notes.append(f"removed rounding-level non-orthogonality of the affine (max change {shift:.2e})")
-    notes.append(f"input orientation {''.join(nb.aff2axcodes(affine))}, shape {data.shape}, dtype {img.get_data_dtype()}")
+    orientation = "".join(nb.aff2axcodes(affine))
+    notes.append(f"input orientation {orientation}, shape {data.shape}, dtype {img.get_data_dtype()}")
     notes.append("voxel size " + "x".join(f"{s:.3g}" for s in np.linalg.norm(affine[:3, :3], axis=0)) + " mm")
     notes.append("values finite, not constant; converted to float32 with the header scaling applied")
 
     clean = nb.Nifti1Image(data, orthonormal)
     ras = nb.as_closest_canonical(clean)
     if ras is not clean:
-        notes.append(f"reoriented {''.join(nb.aff2axcodes(affine))} -> RAS (voxel order only, world positions kept)")
+        notes.append(f"reoriented {orientation} -> RAS (voxel order only, world positions kept)")
     out = nb.Nifti1Image(np.asarray(ras.dataobj, dtype=np.float32), ras.affine)
     out.header.set_xyzt_units("mm")
     out.set_qform(ras.affine, code=1)

@@ -16,7 +16,8 @@ def seed_everything(seed: int) -> None:
 
     random.seed(seed)
     np.random.seed(seed % 2**32)
-    os.environ["ANTS_RANDOM_SEED"] = str(seed)
+    # ANTs reads 0 as "seed from the clock"; the interfaces use seed + 1 the same way.
+    os.environ["ANTS_RANDOM_SEED"] = str(seed + 1)
     try:
         import torch
     except ImportError:  # pragma: no cover - torch is a dependency, but keep the CLI light

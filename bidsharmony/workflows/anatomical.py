@@ -26,7 +26,7 @@ from ..interfaces.morphometry import ROIVolumes
 
 # Memory estimates (GB) of the heavy nodes at 1 mm, measured with antspyx on 2 cores;
 # Nipype's schedulers (MultiProc, SLURM) use them to avoid over-subscribing a node.
-MEM_GB = {"n4": 1.0, "brain_extraction": 2.5, "registration": 2.5, "segmentation": 1.5, "resample": 0.5}
+MEM_GB = {"n4": 2.5, "brain_extraction": 2.5, "registration": 2.5, "segmentation": 1.5, "resample": 0.5}
 
 TEMPLATE_FIELDS = ["template", "template_mask", "template_probsegs", "atlas_dseg", "atlas_labels"]
 OUTPUT_FIELDS = [

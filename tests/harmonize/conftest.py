@@ -70,6 +70,22 @@ def fitted_combat(small_table):
 
 
 @pytest.fixture(scope="session")
+def fitted_covbat(small_table):
+    from bidsharmony.harmonize.covbat import CovBat
+
+    return fit_quietly(CovBat(reference_site=small_table.reference_site, min_subjects_per_site=5),
+                       small_table.features, small_table.covariates)
+
+
+@pytest.fixture(scope="session")
+def covariance_table():
+    """3 sites x 200 scans, 10 features, ComBat-shaped site effects plus a site-specific shared
+    noise factor at the non-reference sites (different covariance matrices)."""
+    return make_feature_table(200, n_sites=3, n_features=10, seed=0, covariance_effect=1.0,
+                              nonlinear_effect=0.0)
+
+
+@pytest.fixture(scope="session")
 def fitted_flow(small_table):
     from bidsharmony.harmonize.scm import FlowSCMHarmonizer
 

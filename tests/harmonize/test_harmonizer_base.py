@@ -21,15 +21,15 @@ from bidsharmony.harmonize.errors import (
     UnknownSiteError,
 )
 
-MODELS = ["fitted_combat", "fitted_flow"]
+MODELS = ["fitted_combat", "fitted_covbat", "fitted_flow"]
 
 
 def test_registry_names_and_lazy_import():
-    assert HARMONIZERS == ("combat", "combat-gam", "flow-scm")
-    for name in HARMONIZERS:
+    assert {"combat", "combat-gam", "covbat", "flow-scm"} <= set(HARMONIZERS)
+    for name in HARMONIZERS:  # every name the command line offers can be built
         assert get_harmonizer(name, reference_site="siteA").name == name
-    with pytest.raises(HarmonizerParameterError, match="unknown harmonizer 'covbat'.*combat"):
-        get_harmonizer("covbat")
+    with pytest.raises(HarmonizerParameterError, match="unknown harmonizer 'harmony'.*combat"):
+        get_harmonizer("harmony")
     code = ("import sys, bidsharmony.harmonize; "
             "print(any(m in sys.modules for m in ('torch', 'nflows', 'neuroHarmonize')))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -152,6 +152,11 @@ def test_new_site_is_a_clear_error(model_fixture, small_table, request):
         model.transform(small_table.features.iloc[:3], covariates)
     message = str(error.value)
     assert "'siteQ'" in message and "siteA" in message and "refit" in message and "\n" not in message
+    # only the flow-SCM can learn a new site with the fit frozen, and only it says so
+    assert ("adapt_new_sites" in message) == model.supports_site_adaptation
+    if not model.supports_site_adaptation:
+        with pytest.raises(HarmonizerParameterError, match="cannot adapt.*refit"):
+            model.adapt_new_sites(small_table.features.iloc[:3], covariates)
 
 
 @pytest.mark.parametrize("model_fixture", MODELS)

@@ -75,20 +75,26 @@ def _singular():
     return affine
 
 
+def _file(name, data, affine=None):
+    """A maker of one bad file, for the table below."""
+    return lambda tmp_path: _save(tmp_path, name, data, affine)
+
+
+_IMAGE = _head_like()
 BAD_FILES = {
     "truncated": (_truncated, "truncated or corrupt"),
     "corrupt_gzip": (_corrupt_gzip, "truncated or corrupt"),
-    "4d": (lambda p: _save(p, "sub-01_4d_T1w.nii.gz", np.stack([_head_like()] * 3, axis=-1)), "3 volumes"),
-    "2d": (lambda p: _save(p, "sub-01_2d_T1w.nii.gz", _head_like()[..., :1]), "slices"),
-    "nan": (lambda p: _save(p, "sub-01_nan_T1w.nii.gz", np.where(_head_like() > 250, np.nan, _head_like())), "NaN"),
-    "inf": (lambda p: _save(p, "sub-01_inf_T1w.nii.gz", np.where(_head_like() > 250, np.inf, _head_like())), "NaN or infinite"),
-    "empty": (lambda p: _save(p, "sub-01_empty_T1w.nii.gz", np.zeros((20, 24, 18), np.float32)), "empty"),
-    "constant": (lambda p: _save(p, "sub-01_const_T1w.nii.gz", np.full((20, 24, 18), 7, np.int16)), "empty"),
+    "4d": (_file("sub-01_4d_T1w.nii.gz", np.stack([_IMAGE] * 3, axis=-1)), "3 volumes"),
+    "2d": (_file("sub-01_2d_T1w.nii.gz", _IMAGE[..., :1]), "slices"),
+    "nan": (_file("sub-01_nan_T1w.nii.gz", np.where(_IMAGE > 250, np.nan, _IMAGE)), "NaN"),
+    "inf": (_file("sub-01_inf_T1w.nii.gz", np.where(_IMAGE > 250, np.inf, _IMAGE)), "NaN or infinite"),
+    "empty": (_file("sub-01_empty_T1w.nii.gz", np.zeros((20, 24, 18), np.float32)), "empty"),
+    "constant": (_file("sub-01_const_T1w.nii.gz", np.full((20, 24, 18), 7, np.int16)), "empty"),
     "zero_voxel": (_zero_voxel_size, "voxel size"),
-    "huge_voxel": (lambda p: _save(p, "sub-01_bigvox_T1w.nii.gz", _head_like(), np.diag([2.0, 12.0, 2.0, 1.0])), "voxel size"),
-    "tiny_voxel": (lambda p: _save(p, "sub-01_tinyvox_T1w.nii.gz", _head_like(), np.diag([0.1, 1.0, 1.0, 1.0])), "voxel size"),
-    "sheared": (lambda p: _save(p, "sub-01_shear_T1w.nii.gz", _head_like(), _sheared()), "sheared"),
-    "singular": (lambda p: _save(p, "sub-01_singular_T1w.nii.gz", _head_like(), _singular()), "sheared or singular"),
+    "huge_voxel": (_file("sub-01_bigvox_T1w.nii.gz", _IMAGE, np.diag([2.0, 12.0, 2.0, 1.0])), "voxel size"),
+    "tiny_voxel": (_file("sub-01_tinyvox_T1w.nii.gz", _IMAGE, np.diag([0.1, 1.0, 1.0, 1.0])), "voxel size"),
+    "sheared": (_file("sub-01_shear_T1w.nii.gz", _IMAGE, _sheared()), "sheared"),
+    "singular": (_file("sub-01_singular_T1w.nii.gz", _IMAGE, _singular()), "sheared or singular"),
     "not_nifti": (_text_file, "cannot be read"),
     "missing": (lambda p: str(p / "sub-01_missing_T1w.nii.gz"), "not found"),
 }

@@ -8,6 +8,7 @@ Modules, from the bottom up:
 * :mod:`.mechanisms` — Gumbel-max categorical and flow mechanisms with exact abduction;
 * :mod:`.model` — :class:`FlowSCM`: log_prob, abduct, predict, counterfactual, sample;
 * :mod:`.training` — maximum-likelihood training as in Wang et al. (2021);
+* :mod:`.adaptation` — adding sites to a fitted model, only their conditioning learned;
 * :mod:`.harmonizer` — :class:`FlowSCMHarmonizer`, the common harmonizer interface.
 
 Importing this package imports torch and nflows.

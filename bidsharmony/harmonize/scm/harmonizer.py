@@ -19,6 +19,8 @@ fast both ways) or the paper's masked autoregressive flows.
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
 
 import numpy as np
 import pandas as pd
@@ -26,8 +28,8 @@ import torch
 
 from .. import validation
 from ..base import Harmonizer
-from ..errors import CovariateError, HarmonizerParameterError, NotFittedError
-from . import flows
+from ..errors import CovariateError, HarmonizerParameterError, NotEnoughSubjectsError, NotFittedError
+from . import adaptation, flows
 from .graph import CausalGraph, harmonization_graph
 from .model import DTYPE, FlowSCM
 from .training import TrainingConfig, evaluate_log_prob, seed_everything, torch_threads, train_scm
@@ -92,6 +94,9 @@ class FlowSCMHarmonizer(Harmonizer):
     """
 
     name = "flow-scm"
+    supports_site_adaptation = True
+    _unknown_site_hint = ("adapt the model to them (FlowSCMHarmonizer.adapt_new_sites; "
+                          "--adapt-new-site on the command line)")
 
     def __init__(self, *, flow: str = "quadratic-spline", architecture: str = "elementwise",
                  num_layers: int = 1, num_bins: int = 8, tail_bound: float = 4.0,
@@ -177,6 +182,7 @@ class FlowSCMHarmonizer(Harmonizer):
 
     # ------------------------------------------------------------------ fit
     def _fit(self, data: validation.PreparedData) -> None:
+        self.adapted_sites_ = {}
         self.extra_kinds_ = {
             name: "binary" if np.isin(values, (0.0, 1.0)).all() else "continuous"
             for name, values in data.extra.items()
@@ -241,15 +247,30 @@ class FlowSCMHarmonizer(Harmonizer):
         return result
 
     def _counterfactual_array(self, values: dict, do: dict, rows: np.ndarray) -> np.ndarray:
-        """Counterfactual features of ``rows`` in chunks (memory stays bounded)."""
+        """Counterfactual features of ``rows`` in chunks (memory stays bounded).
+
+        Chunks of ~1,000 rows keep the working set in cache (larger ones are slower). With
+        ``num_threads > 1`` the chunks run in that many Python threads: the element-wise flow
+        computes in NumPy, which releases the GIL but does not parallelise a single operation.
+        """
         out = np.empty((len(rows), len(self.feature_names_)))
-        with torch_threads(self.num_threads):
-            for start in range(0, len(rows), _CHUNK_ROWS):
-                chunk = torch.as_tensor(rows[start:start + _CHUNK_ROWS])
-                part = {k: v[chunk] for k, v in values.items()}
-                part_do = {k: v[chunk] for k, v in do.items()}
-                result = self.scm_.counterfactual(part, part_do)
-                out[start:start + len(chunk)] = result[FEATURES].numpy()
+
+        def work(start: int) -> None:
+            chunk = torch.as_tensor(rows[start:start + _CHUNK_ROWS])
+            part = {k: v[chunk] for k, v in values.items()}
+            part_do = {k: v[chunk] for k, v in do.items()}
+            result = self.scm_.counterfactual(part, part_do)
+            out[start:start + len(chunk)] = result[FEATURES].numpy()
+
+        starts = list(range(0, len(rows), _CHUNK_ROWS))
+        if self.num_threads > 1 and len(starts) > 1:
+            # one torch thread per worker: the workers are the parallelism
+            with torch_threads(1), ThreadPoolExecutor(max_workers=self.num_threads) as pool:
+                list(pool.map(work, starts))
+        else:
+            with torch_threads(self.num_threads):
+                for start in starts:
+                    work(start)
         return out
 
     def _transform(self, data: validation.PreparedData) -> np.ndarray:
@@ -352,6 +373,129 @@ class FlowSCMHarmonizer(Harmonizer):
             covariates[name] = values if values.ndim == 1 else values[:, 0]
         return features, covariates
 
+    # ------------------------------------------------------------------ new sites
+    def adapt_new_sites(self, features: pd.DataFrame, covariates: pd.DataFrame, *, epochs: int = 100,
+                        learning_rate: float = 1e-2, batch_size: int | None = None,
+                        weight_decay: float | None = None, validation_fraction: float | None = None,
+                        patience: int | None = 20, min_subjects_per_site: int | None = None,
+                        random_seed: int | None = None) -> "FlowSCMHarmonizer":
+        """Add the sites of ``covariates`` that the model has not seen, fitting only their
+        conditioning while every fitted weight stays frozen.
+
+        A site acts on the feature mechanism through its one-hot column in the parents'
+        encoding, so each layer reading that encoding holds one column of weights per site.
+        This inserts a column for each new site (at its place in the sorted site list) and
+        learns only those columns by maximum likelihood of the new site's scans (``log p(x |
+        s, a, t)``); the new site's logit in the site prior gives it its share of the scans.
+        Afterwards :meth:`transform` maps the new sites' scans to the reference site like any
+        other; known sites are harmonized as before (the frozen weights are bit-identical).
+
+        Parameters
+        ----------
+        features, covariates : pandas.DataFrame
+            Scans as for ``transform``. Rows of sites the model already knows are ignored here
+            (pass the whole table you are about to harmonize).
+        epochs : int
+            Training epochs over the new sites' scans.
+        learning_rate : float
+            Adam's learning rate (higher than the fit's: only a few columns are learned),
+            divided by 10 at 50 % and 75 % of the epochs.
+        batch_size, weight_decay, validation_fraction : optional
+            Default to the fit's settings. The validation split (stratified by new site)
+            selects the best epoch.
+        patience : int, optional
+            Stop when the validation NLL has not improved for this many epochs.
+        min_subjects_per_site : int, optional
+            A new site needs at least this many scans (default: the fit's minimum).
+        random_seed : int, optional
+            Seeds the split and the batch order (default: the model's seed).
+
+        Returns
+        -------
+        self
+
+        Raises
+        ------
+        NotEnoughSubjectsError
+            A new site has too few scans to learn its conditioning.
+        """
+        self._check_scm()
+        validation.check_tables(features, covariates)
+        validation.covariate_columns_present(covariates, self.extra_covariates)
+        sites = validation.site_array(covariates)
+        new_sites = sorted(set(sites) - set(self.sites_))
+        if not new_sites:
+            LOGGER.info("flow-SCM: every site in the table is known to the model; nothing to adapt")
+            return self
+        rows = np.isin(sites, new_sites)
+        data = validation.prepare(
+            features[rows], covariates[rows], feature_names=self.feature_names_,
+            sex_coding=self.sex_coding_, extra_covariates=self._extra_covariates(),
+            require_positive=self._requires_positive_features)
+        minimum = self.min_subjects_per_site if min_subjects_per_site is None else \
+            validation.check_positive_int("min_subjects_per_site", min_subjects_per_site, minimum=2)
+        counts = {site: int((data.site == site).sum()) for site in new_sites}
+        small = {site: count for site, count in counts.items() if count < minimum}
+        if small:
+            raise NotEnoughSubjectsError(
+                f"new site(s) {', '.join(f'{k} ({v})' for k, v in small.items())} have fewer than "
+                f"{minimum} scans, too few to learn a site's conditioning; add scans or lower "
+                "min_subjects_per_site")
+        self._warn_age(data.age)
+        all_sites = sorted([*self.sites_, *new_sites])
+        code_map = [all_sites.index(site) for site in self.sites_]
+        graph = CausalGraph([{**spec, "categories": len(all_sites)} if spec["name"] == "site" else spec
+                             for spec in self.graph_.to_list()])
+        old_total = int(sum(self.site_counts_.get(site, 0) for site in self.sites_)) or 1
+        prior = adaptation.prior_logits_for(
+            adaptation.categorical_root(self.scm_, "site").free_logits, old_total,
+            {all_sites.index(site): count for site, count in counts.items()})
+        seed = self.random_seed if random_seed is None else int(random_seed)
+        with torch_threads(self.num_threads):
+            scm = self._build(graph)
+            slots = adaptation.expand_sites(self.scm_, scm, "site", code_map, prior)
+            previous_sites, self.sites_ = self.sites_, all_sites  # codes of the larger model
+            try:
+                values = self._values(data)
+            finally:
+                self.sites_ = previous_sites
+            LOGGER.info("flow-SCM: adapting to new site(s) %s (%s scans): %d new weights, %d frozen",
+                        ", ".join(new_sites), ", ".join(str(counts[s]) for s in new_sites),
+                        sum(int(initial.numel()) for _, initial in slots.values()),
+                        flows.count_parameters(self.scm_))
+            history = adaptation.fit_new_columns(
+                scm, slots, FEATURES, values, epochs=validation.check_positive_int("epochs", epochs),
+                batch_size=self.batch_size if batch_size is None else int(batch_size),
+                learning_rate=float(learning_rate),
+                weight_decay=self.weight_decay if weight_decay is None else float(weight_decay),
+                validation_fraction=(
+                    self.validation_fraction if validation_fraction is None
+                    else validation.check_fraction("validation_fraction", validation_fraction, 0.0, 0.9)),
+                patience=None if patience is None else validation.check_positive_int("patience", patience),
+                seed=seed, strata=values["site"].numpy())
+        scm.eval()
+        # bookkeeping: the model now knows the new sites, marked as adapted
+        self.scm_, self.graph_, self.sites_ = scm, graph, all_sites
+        self.site_counts_ = {site: int(self.site_counts_.get(site, counts.get(site, 0))) for site in all_sites}
+        summary = validation.covariate_summary(data)
+        for key in ("age", "sex"):
+            self.covariate_summary_[key]["by_site"].update(summary[key]["by_site"])
+        adapted = dict(getattr(self, "adapted_sites_", {}))
+        for site in new_sites:
+            adapted[site] = {
+                "adapted": True, "n_scans": counts[site],
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "epochs_run": len(history["epochs"]), "best_epoch": history["best_epoch"],
+                "initial_nll": history["initial_nll"], "best_nll": history["best_nll"],
+                "nll_monitored": history["monitored"], "learning_rate": float(learning_rate),
+                "random_seed": seed, "new_weights": {name: len(columns) for name, (columns, _) in slots.items()},
+            }
+        self.adapted_sites_ = adapted
+        LOGGER.info("flow-SCM: adapted %s in %.1f s; feature NLL per scan %.3f -> %.3f (%s)",
+                    ", ".join(new_sites), history["seconds"], history["initial_nll"],
+                    history["best_nll"], history["monitored"])
+        return self
+
     @property
     def training_history(self) -> dict:
         """Per-epoch train/validation NLL and the selected epoch (from fit)."""
@@ -362,13 +506,16 @@ class FlowSCMHarmonizer(Harmonizer):
     def _get_state(self):
         state = {"graph": self.graph_.to_list(), "feature_node": FEATURES,
                  "extra_kinds": self.extra_kinds_, "training": self.training_,
-                 "sequential_inverse": flows.transform_is_sequential(self.scm_)}
+                 "sequential_inverse": flows.transform_is_sequential(self.scm_),
+                 # sites added after the fit by adapt_new_sites (their conditioning only)
+                 "adapted_sites": getattr(self, "adapted_sites_", {})}
         arrays = {f"scm.{k}": v.detach().cpu().numpy() for k, v in self.scm_.state_dict().items()}
         return state, arrays
 
     def _set_state(self, state, arrays):
         self.extra_kinds_ = dict(state.get("extra_kinds", {}))
         self.training_ = state.get("training", {})
+        self.adapted_sites_ = dict(state.get("adapted_sites", {}))
         graph = CausalGraph(state["graph"])
         with torch_threads(self.num_threads):
             scm = self._build(graph)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -284,17 +285,49 @@ class FlowMechanism(Mechanism):
         """Counterfactual of one node: abduction with ``context``, prediction with ``new_context``.
 
         Equal to ``predict(abduct(value, context), new_context)`` but skips the unconditional
-        trailing layers, which cancel.
+        trailing layers, which cancel; element-wise layers run in NumPy, values only
+        (:meth:`_transport_numpy`).
         """
-        latent, _ = self.normalise(value)
         layers = self._conditional_layers()
+        if layers and all(isinstance(layer, flows.ConditionalElementwiseTransform) for layer in layers):
+            return self._transport_numpy(value, context, new_context, layers)
+        latent, _ = self.normalise(value)
         embedded = self.embed(context)
         for layer in layers:
-            latent, _ = layer(latent, context=embedded)
+            if isinstance(layer, flows.ConditionalElementwiseTransform):
+                latent = layer.map(latent, embedded)  # values only: no log-determinants needed
+            else:
+                latent, _ = layer(latent, context=embedded)
         embedded = self.embed(new_context)
         for layer in reversed(layers):
-            latent, _ = layer.inverse(latent, context=embedded)
+            if isinstance(layer, flows.ConditionalElementwiseTransform):
+                latent = layer.map(latent, embedded, inverse=True)
+            else:
+                latent, _ = layer.inverse(latent, context=embedded)
         return self.denormalise(latent)
+
+    @torch.no_grad()
+    def _transport_numpy(self, value, context, new_context, layers):
+        """:meth:`transport` through element-wise layers, the arithmetic in NumPy.
+
+        The context network runs once when the intervention leaves its inputs unchanged (an
+        additive site is not one of them).
+        """
+        shift, scale = self.shift.numpy(), self.scale.numpy()
+        logged = np.log(value.numpy()) if self.log_transform else value.numpy()
+        latent = (logged - shift) / scale
+        embedded = self.embed(context)
+        if (self.context_net is not None and context is not None and new_context is not None
+                and torch.equal(context[:, self.network_columns], new_context[:, self.network_columns])):
+            new_embedded = torch.cat([new_context, embedded[:, context.shape[1]:]], dim=-1)
+        else:
+            new_embedded = self.embed(new_context)
+        for layer in layers:
+            latent = layer.map_numpy(latent, embedded)
+        for layer in reversed(layers):
+            latent = layer.map_numpy(latent, new_embedded, inverse=True)
+        logged = latent * scale + shift
+        return torch.from_numpy(np.exp(logged) if self.log_transform else logged)
 
     def sample_noise(self, n, generator=None):
         return torch.randn((n, self.dim), generator=generator, dtype=self.shift.dtype)
