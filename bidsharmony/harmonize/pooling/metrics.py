@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ...evaluation.distance import median_heuristic, mmd2_unbiased
+from ...evaluation.distance import median_heuristic, mmd2_unbiased, subsample_by_site
 from ...evaluation.prediction import MLPClassifier
 from ...evaluation.site import chance_levels, residualize_covariates
 
@@ -67,13 +67,7 @@ def site_mmd(values, sites, *, normalize: bool = True, max_per_site: int = 500, 
     v = minmax_normalize(values) if normalize else np.asarray(values, dtype=np.float64).reshape(len(values), -1)
     sites = np.asarray(sites).astype(str)
     labels = sorted(set(sites))
-    rng = np.random.default_rng(seed)
-    samples = {}
-    for site in labels:
-        rows = np.flatnonzero(sites == site)
-        if len(rows) > max_per_site:
-            rows = np.sort(rng.choice(rows, size=max_per_site, replace=False))
-        samples[site] = v[rows]
+    samples = subsample_by_site(v, sites, labels, max_per_site, seed)
     scores = []
     for a_index, a in enumerate(labels):
         for b in labels[a_index + 1:]:
