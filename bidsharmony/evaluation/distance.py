@@ -90,12 +90,11 @@ def mmd2_unbiased(x, y, bandwidth: float | None = None) -> float:
     return float(term_x + term_y - 2.0 * kxy.mean())
 
 
-def subsample_by_site(values: np.ndarray, sites: np.ndarray, labels, max_per_site: int, seed: int) -> dict:
-    """``{site: rows of values}``, at most ``max_per_site`` rows each (seeded, order kept).
+def subsample_by_site(values: np.ndarray, sites: np.ndarray, labels, max_per_site: int, rng) -> dict:
+    """``{site: rows of values}``, at most ``max_per_site`` rows each (drawn with ``rng``, order kept).
 
     MMD is quadratic in the number of rows; subsampling large sites keeps it cheap.
     """
-    rng = np.random.default_rng(seed)
     samples = {}
     for site in labels:
         rows = np.flatnonzero(sites == site)
@@ -152,7 +151,8 @@ def site_mmd(features: pd.DataFrame, covariates: pd.DataFrame, *, reference_site
     reference_site = str(reference_site)
     if reference_site not in labels:
         raise EvaluationUsageError(f"reference site {reference_site!r} is not in the data")
-    samples = subsample_by_site(values, sites, labels, max_per_site, seed)
+    rng = np.random.default_rng(seed)
+    samples = subsample_by_site(values, sites, labels, max_per_site, rng)
     pairs = [("vs_reference", reference_site, s) for s in labels if s != reference_site]
     if pairwise:
         pairs += [("pairwise", a, b) for i, a in enumerate(labels) for b in labels[i + 1:]]

@@ -67,7 +67,7 @@ def site_mmd(values, sites, *, normalize: bool = True, max_per_site: int = 500, 
     v = minmax_normalize(values) if normalize else np.asarray(values, dtype=np.float64).reshape(len(values), -1)
     sites = np.asarray(sites).astype(str)
     labels = sorted(set(sites))
-    samples = subsample_by_site(v, sites, labels, max_per_site, seed)
+    samples = subsample_by_site(v, sites, labels, max_per_site, np.random.default_rng(seed))
     scores = []
     for a_index, a in enumerate(labels):
         for b in labels[a_index + 1:]:
