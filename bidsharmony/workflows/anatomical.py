@@ -50,6 +50,7 @@ def init_anat_preproc_wf(
     n4_shrink_factor: int = 4,
     omp_nthreads: int = 1,
     random_seed: int = 0,
+    separate_registration: bool = False,
     name: str = "anat_preproc_wf",
 ):
     """Preprocess one T1w image and measure its atlas ROI volumes.
@@ -69,6 +70,11 @@ def init_anat_preproc_wf(
         ITK threads of each heavy node.
     random_seed : int
         Seed of every ANTs step.
+    separate_registration : bool
+        Register the extracted brain to the template again (rigid → affine → SyN with both
+        masks) instead of reusing the transform that brain extraction already estimated to
+        the same template. Off by default: the second SyN roughly doubles the run time for
+        a small gain in alignment (see BENCHMARKS.md).
     name : str
         Workflow name.
 
@@ -112,10 +118,17 @@ def init_anat_preproc_wf(
         BrainExtraction(reg_quality=reg_quality, **threaded),
         name="brain_extraction", n_procs=omp_nthreads, mem_gb=MEM_GB["brain_extraction"],
     )
-    registration = pe.Node(
-        RegistrationSyN(reg_quality=reg_quality, **threaded),
-        name="registration", n_procs=omp_nthreads, mem_gb=MEM_GB["registration"],
-    )
+    if separate_registration:
+        transforms = pe.Node(
+            RegistrationSyN(reg_quality=reg_quality, **threaded),
+            name="registration", n_procs=omp_nthreads, mem_gb=MEM_GB["registration"],
+        )
+        workflow.connect([
+            (brain_extraction, transforms, [("out_file", "moving"), ("out_mask", "moving_mask")]),
+            (inputnode, transforms, [("template", "fixed"), ("template_mask", "fixed_mask")]),
+        ])  # fmt: skip
+    else:
+        transforms = brain_extraction
     priors_to_native = pe.MapNode(
         ApplyTransforms(interpolation="linear", num_threads=omp_nthreads),
         iterfield=["input_image"], name="priors_to_native", mem_gb=MEM_GB["resample"],
@@ -147,22 +160,20 @@ def init_anat_preproc_wf(
             ("template_mask", "template_mask"),
             ("template_probsegs", "template_probsegs"),
         ]),
-        (brain_extraction, registration, [("out_file", "moving"), ("out_mask", "moving_mask")]),
-        (inputnode, registration, [("template", "fixed"), ("template_mask", "fixed_mask")]),
         (inputnode, priors_to_native, [("template_probsegs", "input_image")]),
         (n4, priors_to_native, [("out_file", "reference_image")]),
-        (registration, priors_to_native, [(("reverse_transform", _as_list), "transforms")]),
+        (transforms, priors_to_native, [(("reverse_transform", _as_list), "transforms")]),
         (brain_extraction, segmentation, [("out_file", "in_file"), ("out_mask", "mask_file")]),
         (priors_to_native, segmentation, [("output_image", "prior_probsegs")]),
         (inputnode, atlas_to_native, [("atlas_dseg", "input_image")]),
         (n4, atlas_to_native, [("out_file", "reference_image")]),
-        (registration, atlas_to_native, [(("reverse_transform", _as_list), "transforms")]),
+        (transforms, atlas_to_native, [(("reverse_transform", _as_list), "transforms")]),
         (n4, t1w_to_std, [("out_file", "input_image")]),
         (inputnode, t1w_to_std, [("template", "reference_image")]),
-        (registration, t1w_to_std, [(("forward_transform", _as_list), "transforms")]),
+        (transforms, t1w_to_std, [(("forward_transform", _as_list), "transforms")]),
         (brain_extraction, mask_to_std, [("out_mask", "input_image")]),
         (inputnode, mask_to_std, [("template", "reference_image")]),
-        (registration, mask_to_std, [(("forward_transform", _as_list), "transforms")]),
+        (transforms, mask_to_std, [(("forward_transform", _as_list), "transforms")]),
         (atlas_to_native, roi_volumes, [("output_image", "atlas_file")]),
         (segmentation, roi_volumes, [("out_dseg", "tissues_file")]),
         (brain_extraction, roi_volumes, [("out_mask", "mask_file")]),
@@ -173,7 +184,7 @@ def init_anat_preproc_wf(
         (segmentation, outputnode, [("out_dseg", "t1w_dseg"), ("out_probsegs", "t1w_probsegs")]),
         (t1w_to_std, outputnode, [("output_image", "std_t1w")]),
         (mask_to_std, outputnode, [("output_image", "std_mask")]),
-        (registration, outputnode, [
+        (transforms, outputnode, [
             ("forward_transform", "forward_xfm"),
             ("reverse_transform", "reverse_xfm"),
         ]),
