@@ -82,6 +82,7 @@ class Config:
     atlas: str = DEFAULT_ATLAS
     reg_quality: str = "standard"
     n4_shrink_factor: int = 4
+    derivatives: list[Path] = field(default_factory=list)
     site_column: str | None = None
     harmonizer: list[str] = field(default_factory=list)
     reference_site: str | None = None
@@ -106,6 +107,7 @@ class Config:
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, Path(value).absolute())
+        self.derivatives = [Path(p).absolute() for p in self.derivatives or []]
         if self.work_dir is None:
             self.work_dir = self.output_dir / "work"
         if self.templateflow_home is None:
@@ -133,6 +135,8 @@ class Config:
         for key, value in asdict(self).items():
             if value is None:
                 continue
+            if isinstance(value, list):
+                value = [str(v) if isinstance(v, Path) else v for v in value]
             out[key] = str(value) if isinstance(value, Path) else value
         return out
 

@@ -92,7 +92,7 @@ def build_descriptor() -> dict:
         "inputs": inputs,
         "output-files": [
             {
-                "id": "derivatives",
+                "id": "output_derivatives",
                 "name": "BIDS-Derivatives folder",
                 "path-template": "[OUTPUT_DIR]",
                 "description": "Preprocessed images, ROI tables, reports and harmonized tables",

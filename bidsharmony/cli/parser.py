@@ -143,6 +143,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="N4 bias correction shrink factor (1 is full resolution and slow)",
     )
     anat.add_argument(
+        "--derivatives", type=Path, nargs="+", metavar="PATH",
+        help="existing preprocessing derivatives (fMRIPrep/sMRIPrep: desc-preproc_T1w, "
+        "desc-brain_mask, transforms to the template) reused instead of recomputed",
+    )
+    anat.add_argument(
         "--templateflow-home", type=Path,
         help="TemplateFlow cache folder (default: $TEMPLATEFLOW_HOME, else a bidsharmony "
         "cache filled from data shipped in installed packages)",
