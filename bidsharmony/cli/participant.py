@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import getpass
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -52,7 +54,7 @@ def run_participant(config) -> list[Path]:
     from ..utils.bids import load_layout, select_t1w
     from ..utils.derivatives import parse_entities, write_bidsignore, write_dataset_description
     from ..utils.progress import SubjectProgress
-    from ..workflows.base import init_bidsharmony_wf
+    from ..workflows.base import SLURM_PLUGINS, init_bidsharmony_wf, set_batch_resources
 
     layout = load_layout(config.bids_dir)
     t1w_files = select_t1w(layout, config.participant_label, config.session_label, config.bids_filters)
@@ -68,6 +70,9 @@ def run_participant(config) -> list[Path]:
             "crashfile_format": "txt",
             "remove_unnecessary_outputs": False,
             "hash_method": "content",
+            # The graph report (index.html, graph1.json) sits in the shared work folder and
+            # would be rewritten by every array task at once; nothing reads it.
+            "create_report": False,
         },
         "monitoring": {"enabled": False},
     })
@@ -79,16 +84,30 @@ def run_participant(config) -> list[Path]:
         "Participant level: %d T1w image(s) of %d subject(s) → %s (work dir %s)",
         len(t1w_files), len(subjects), config.output_dir, config.work_dir,
     )
-    started = time.monotonic()
+    started, started_wall = time.monotonic(), time.time() - 1
     settings = plugin_settings(config)
     if settings["plugin"] in ("Linear", "MultiProc"):
         settings.setdefault("plugin_args", {})["status_callback"] = SubjectProgress(workflow, LOGGER)
+    if settings["plugin"] in SLURM_PLUGINS:
+        os.environ.setdefault("LOGNAME", getpass.getuser())  # Nipype's SLURM plugin names jobs after it
+        sized = set_batch_resources(workflow, settings["plugin"])
+        LOGGER.info("%s plugin: %d node(s) run as sbatch jobs sized from their CPU/memory estimates", settings["plugin"], sized)
     try:
         workflow.run(**settings)
     except RuntimeError as err:
-        crashes = sorted((config.output_dir / "logs").glob("crash-*"), key=lambda p: p.stat().st_mtime)
+        # Only this run's crash files: other array tasks write theirs into the same folder.
+        crashes = sorted(
+            (p for p in (config.output_dir / "logs").glob("crash-*") if p.stat().st_mtime >= started_wall),
+            key=lambda p: p.stat().st_mtime,
+        )
         where = f"; full report in {crashes[-1]}" if crashes else ""
         raise BidsharmonyError(f"the participant workflow failed: {_last_error_line(str(err))}{where}") from None
+    if settings["plugin"].endswith("Graph"):  # graph plugins submit every job and return at once
+        LOGGER.info(
+            "Participant level submitted through %s; once its jobs finish, re-run the same command "
+            "without --use-plugin to write the reports (every step is cached)", settings["plugin"],
+        )
+        return []
 
     reports = write_subject_reports(config, subjects)
     tables = sorted(config.output_dir.glob("sub-*/**/anat/*_desc-volume_morph.tsv"))

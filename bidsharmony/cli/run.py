@@ -6,6 +6,7 @@ import logging
 import os
 import sys
 import traceback
+import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -13,6 +14,16 @@ from ..config import ANALYSIS_LEVELS, Config
 from ..errors import EXIT_ERROR, EXIT_OK, BidsharmonyError, UnknownLevelError
 
 LOGGER = logging.getLogger("bidsharmony")
+
+
+def _make_run_id_unique(config: Config) -> None:
+    """Append a random suffix to the run id (a start-up time stamp) unless it has one.
+
+    Array jobs start many processes into one output folder within the same second; the
+    suffix keeps their log and settings files (named after the run id) apart.
+    """
+    if "_" not in config.run_uuid:
+        config.run_uuid = f"{config.run_uuid}_{uuid.uuid4().hex[:8]}"
 
 
 def _setup_logging(config: Config) -> Path:
@@ -50,6 +61,7 @@ def check_inputs(config: Config) -> None:
 def run(config: Config) -> int:
     """Run one analysis level; return the exit code."""
     check_inputs(config)
+    _make_run_id_unique(config)
     _setup_logging(config)
     from ..templates import use_templateflow_home
     from ..utils.seeding import seed_everything
@@ -78,7 +90,7 @@ def _crash_report(config: Config | None, error: BaseException) -> Path | None:
     if config is None:
         return None
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    path = config.output_dir / "logs" / f"crash-{stamp}.txt"
+    path = config.output_dir / "logs" / f"crash-{stamp}_{uuid.uuid4().hex[:8]}.txt"  # unique under job arrays
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("".join(traceback.format_exception(error)))

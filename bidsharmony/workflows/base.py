@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 
 from nipype.interfaces import utility as niu
@@ -133,3 +134,40 @@ def _connect_reportlets(workflow, anat_wf, source, tag, template_inputs, sink_ar
             (source, sink, [("source_file", "source_file")]),
             (report, sink, [("out_report", "in_file")]),
         ])  # fmt: skip
+
+
+# Nipype plugins that submit each node as an sbatch job and read ``sbatch_args`` per node.
+SLURM_PLUGINS = ("SLURM", "SLURMGraph")
+
+
+def set_batch_resources(workflow, plugin: str) -> int:
+    """Size each node's batch job from its own resource estimate.
+
+    Nipype's SLURM plugins pass a node's ``plugin_args["sbatch_args"]`` to ``sbatch`` but do
+    not read its ``n_procs``/``mem_gb``; without this every job would get the cluster's
+    default CPUs and memory. Nodes that run inside the bidsharmony process
+    (``run_without_submitting``) are left alone.
+
+    Parameters
+    ----------
+    workflow : nipype.pipeline.engine.Workflow
+        The workflow about to run.
+    plugin : str
+        The Nipype plugin name; only :data:`SLURM_PLUGINS` are changed.
+
+    Returns
+    -------
+    int
+        The number of nodes given ``sbatch`` resource requests.
+    """
+    if plugin not in SLURM_PLUGINS:
+        return 0
+    sized = 0
+    for node in workflow._get_all_nodes():  # noqa: SLF001 - nested nodes, as Nipype runs them
+        if node.run_without_submitting:
+            continue
+        request = f"--cpus-per-task={max(1, int(node.n_procs))} --mem={max(1, math.ceil(node.mem_gb * 1024))}M"
+        extra = node.plugin_args.get("sbatch_args", "")
+        node.plugin_args = {**node.plugin_args, "sbatch_args": f"{extra} {request}".strip()}
+        sized += 1
+    return sized

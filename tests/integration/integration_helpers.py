@@ -1,0 +1,71 @@
+"""Shared by the integration tests: bidsharmony as separate processes, output comparisons."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+# Files every processed T1w without sessions gets in ``sub-<label>/anat/`` (4 mm run).
+EXPECTED_SUFFIXES = (
+    "desc-preproc_T1w.nii.gz",
+    "desc-brain_mask.nii.gz",
+    "dseg.nii.gz",
+    "label-GM_probseg.nii.gz",
+    "space-MNI152NLin2009aSym_desc-preproc_T1w.nii.gz",
+    "space-MNI152NLin2009aSym_desc-brain_mask.nii.gz",
+    "from-T1w_to-MNI152NLin2009aSym_mode-image_xfm.h5",
+    "from-MNI152NLin2009aSym_to-T1w_mode-image_xfm.h5",
+    "atlas-Neuromorphometrics_dseg.nii.gz",
+    "atlas-Neuromorphometrics_desc-volume_morph.tsv",
+)
+PARTICIPANT_OPTIONS = (
+    "--output-spaces", "MNI152NLin2009aSym:res-4", "--reg-quality", "fast", "--random-seed", "5",
+)
+
+
+def process_env(templateflow_home: Path | None = None, threads: int = 1) -> dict:
+    """The environment of a bidsharmony subprocess: offline, single-threaded unless told."""
+    env = dict(os.environ)
+    env.update({
+        "NIPYPE_NO_ET": "1",
+        "OMP_NUM_THREADS": str(threads),
+        "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS": str(threads),
+        "PYTHONUNBUFFERED": "1",
+    })
+    if templateflow_home is not None:
+        env["TEMPLATEFLOW_HOME"] = str(templateflow_home)
+    # the scripts call `bidsharmony`: make the one of this interpreter's environment first
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def bidsharmony_command(*args) -> list[str]:
+    return [sys.executable, "-m", "bidsharmony", *(str(a) for a in args)]
+
+
+def run_bidsharmony(*args, env: dict, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(bidsharmony_command(*args), env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def missing_outputs(output_dir: Path, subjects) -> list[str]:
+    """Expected participant outputs (and their sidecars) absent from ``output_dir``."""
+    missing = []
+    for label in subjects:
+        anat = output_dir / f"sub-{label}" / "anat"
+        for suffix in EXPECTED_SUFFIXES:
+            for name in (f"sub-{label}_{suffix}", f"sub-{label}_{suffix.split('.')[0]}.json"):
+                if not (anat / name).is_file():
+                    missing.append(f"sub-{label}/anat/{name}")
+    return missing
+
+
+def roi_tables(output_dir: Path) -> dict[str, pd.DataFrame]:
+    """Every ROI-volume table under ``output_dir``, by path relative to it."""
+    return {
+        p.relative_to(output_dir).as_posix(): pd.read_csv(p, sep="\t")
+        for p in sorted(output_dir.glob("sub-*/**/anat/*_desc-volume_morph.tsv"))
+    }

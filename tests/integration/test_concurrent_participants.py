@@ -1,0 +1,74 @@
+"""Several participant-level processes into one output folder at once, as a job array runs.
+
+Two subjects at 4 mm with 'fast' registration, one ``bidsharmony ... participant
+--participant-label X`` process each, started together with an empty TemplateFlow cache (so
+they also race to fill it). About a minute on 2 cores.
+"""
+
+import json
+import subprocess
+import time
+import tomllib
+
+import pytest
+
+from bidsharmony.datasets.synthetic import make_dataset
+from bidsharmony.utils.derivatives import container_info, dataset_description
+from integration_helpers import (
+    PARTICIPANT_OPTIONS,
+    bidsharmony_command,
+    missing_outputs,
+    process_env,
+)
+
+SUBJECTS = ("001", "002")
+
+
+@pytest.fixture(scope="module")
+def concurrent_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("concurrent")
+    dataset = make_dataset(root / "data", n_subjects=len(SUBJECTS), n_sites=2, resolution=4.0, seed=7, n_traveling=0)
+    out, work = root / "out", root / "work"
+    env = process_env(templateflow_home=root / "templateflow")  # empty: the processes fill it
+    processes = [
+        subprocess.Popen(
+            bidsharmony_command(dataset.bids_dir, out, "participant", "--participant-label", label,
+                                "-w", work, *PARTICIPANT_OPTIONS),
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        for label in SUBJECTS
+    ]
+    started = time.monotonic()
+    logs = [p.communicate(timeout=600)[0] for p in processes]
+    print(f"{len(SUBJECTS)} concurrent participant processes: {time.monotonic() - started:.0f} s")
+    return dataset, out, [p.returncode for p in processes], logs
+
+
+def test_every_process_succeeds_and_every_output_is_complete(concurrent_run):
+    _, out, codes, logs = concurrent_run
+    assert codes == [0] * len(SUBJECTS), "\n".join(log[-2000:] for log in logs)
+    assert missing_outputs(out, SUBJECTS) == []
+    for label in SUBJECTS:
+        assert (out / f"sub-{label}.html").is_file()
+    assert not list(out.rglob("*.tmp*")), "temporary files left behind"
+
+
+def test_dataset_description_is_whole_and_expected(concurrent_run):
+    dataset, out, _, _ = concurrent_run
+    written = json.loads((out / "dataset_description.json").read_text())
+    expected = json.loads(json.dumps(dataset_description(dataset.bids_dir, container_info()), default=str))
+    assert written == expected
+    assert (out / ".bidsignore").read_text().splitlines()[0] == "logs/"
+
+
+def test_each_process_keeps_its_own_log_and_settings(concurrent_run):
+    _, out, _, _ = concurrent_run
+    logs = sorted((out / "logs").glob("bidsharmony-*.log"))
+    configs = sorted((out / "logs").glob("config-*.toml"))
+    assert len(logs) == len(SUBJECTS) and len(configs) == len(SUBJECTS)
+    labels = sorted(tuple(tomllib.loads(c.read_text())["participant_label"]) for c in configs)
+    assert labels == [(s,) for s in SUBJECTS]
+    for log in logs:  # one subject per log: no interleaving of two processes
+        text = log.read_text()
+        assert sum(f"sub-{s}" in text for s in SUBJECTS) == 1, log.name
+    assert not list((out / "logs").glob("crash-*"))
