@@ -7,6 +7,13 @@ Importable by other pipelines::
     anat_wf = init_anat_preproc_wf(omp_nthreads=2)
     anat_wf.inputs.inputnode.t1w = "sub-01_T1w.nii.gz"
     # template inputs: see templates.template_inputs()
+
+With existing fMRIPrep/sMRIPrep preprocessing (``precomputed``), N4, brain extraction and
+(when the transforms target the same template) registration are skipped; tissues and ROI
+volumes are still computed::
+
+    anat_wf = init_anat_preproc_wf(precomputed=PRECOMPUTED_FIELDS)
+    anat_wf.inputs.inputnode.t1w_preproc = ".../sub-01_desc-preproc_T1w.nii.gz"  # etc.
 """
 
 from __future__ import annotations
@@ -28,6 +35,9 @@ from ..interfaces.morphometry import ROIVolumes
 # Nipype's schedulers (MultiProc, SLURM) use them to avoid over-subscribing a node.
 MEM_GB = {"n4": 2.5, "brain_extraction": 2.5, "registration": 2.5, "segmentation": 1.5, "resample": 0.5}
 
+# Outputs of another pipeline (fMRIPrep, sMRIPrep) the workflow can start from: the first two
+# skip N4 and brain extraction, all four also skip the registration to the template.
+PRECOMPUTED_FIELDS = ("t1w_preproc", "t1w_mask", "forward_xfm", "reverse_xfm")
 TEMPLATE_FIELDS = ["template", "template_mask", "template_probsegs", "atlas_dseg", "atlas_labels"]
 OUTPUT_FIELDS = [
     "t1w_valid",
@@ -51,6 +61,7 @@ def init_anat_preproc_wf(
     omp_nthreads: int = 1,
     random_seed: int = 0,
     separate_registration: bool = False,
+    precomputed=(),
     name: str = "anat_preproc_wf",
 ):
     """Preprocess one T1w image and measure its atlas ROI volumes.
@@ -75,6 +86,10 @@ def init_anat_preproc_wf(
         masks) instead of reusing the transform that brain extraction already estimated to
         the same template. Off by default: the second SyN roughly doubles the run time for
         a small gain in alignment (see BENCHMARKS.md).
+    precomputed : iterable of str
+        Names of :data:`PRECOMPUTED_FIELDS` given as inputs instead of computed:
+        ``("t1w_preproc", "t1w_mask")`` skips N4 and brain extraction (the brain is then
+        registered to the template); all four also skip the registration.
     name : str
         Workflow name.
 
@@ -86,6 +101,10 @@ def init_anat_preproc_wf(
         Brain-only template T1w, its brain mask and its [CSF, GM, WM] probability maps.
     atlas_dseg, atlas_labels
         Atlas label image in template space and its BIDS dseg.tsv.
+    t1w_preproc, t1w_mask, forward_xfm, reverse_xfm
+        Only those named in ``precomputed``: a bias-corrected T1w, its brain mask and the
+        composite transforms T1w → template → T1w (fMRIPrep's ``desc-preproc_T1w``,
+        ``desc-brain_mask`` and ``from-T1w_to-<template>_mode-image_xfm.h5`` + reverse).
 
     Outputs
     -------
@@ -104,31 +123,66 @@ def init_anat_preproc_wf(
     morph_tsv
         One-row table of ROI volumes (mm³).
     """
+    precomputed = _check_precomputed(precomputed)
     workflow = pe.Workflow(name=name)
-    inputnode = pe.Node(niu.IdentityInterface(fields=["t1w"] + TEMPLATE_FIELDS), name="inputnode")
+    inputnode = pe.Node(
+        niu.IdentityInterface(fields=["t1w"] + TEMPLATE_FIELDS + list(precomputed)), name="inputnode"
+    )
     outputnode = pe.Node(niu.IdentityInterface(fields=OUTPUT_FIELDS), name="outputnode")
     threaded = {"num_threads": omp_nthreads, "random_seed": random_seed}
 
     validate = pe.Node(ValidateT1w(), name="validate")
-    n4 = pe.Node(
-        N4BiasFieldCorrection(shrink_factor=n4_shrink_factor, num_threads=omp_nthreads),
-        name="n4", n_procs=omp_nthreads, mem_gb=MEM_GB["n4"],
-    )
-    brain_extraction = pe.Node(
-        BrainExtraction(reg_quality=reg_quality, **threaded),
-        name="brain_extraction", n_procs=omp_nthreads, mem_gb=MEM_GB["brain_extraction"],
-    )
-    if separate_registration:
+    workflow.connect([(inputnode, validate, [("t1w", "in_file")])])
+    if precomputed:
+        # `preproc.out_file` is the bias-corrected head, `brain` gives out_file/out_mask and
+        # `transforms` forward/reverse_transform, as the computed steps below do.
+        preproc = pe.Node(niu.IdentityInterface(fields=["out_file"]), name="precomputed_t1w")
+        brain = pe.Node(
+            niu.Function(function=_apply_mask, input_names=["in_file", "mask_file"],
+                         output_names=["out_file", "out_mask"]),
+            name="precomputed_brain",
+        )
+        workflow.connect([
+            (inputnode, preproc, [("t1w_preproc", "out_file")]),
+            (inputnode, brain, [("t1w_preproc", "in_file"), ("t1w_mask", "mask_file")]),
+        ])  # fmt: skip
+    else:
+        preproc = pe.Node(
+            N4BiasFieldCorrection(shrink_factor=n4_shrink_factor, num_threads=omp_nthreads),
+            name="n4", n_procs=omp_nthreads, mem_gb=MEM_GB["n4"],
+        )
+        brain = pe.Node(
+            BrainExtraction(reg_quality=reg_quality, **threaded),
+            name="brain_extraction", n_procs=omp_nthreads, mem_gb=MEM_GB["brain_extraction"],
+        )
+        workflow.connect([
+            (validate, preproc, [("out_file", "in_file")]),
+            (preproc, brain, [("out_file", "in_file")]),
+            (inputnode, brain, [
+                ("template", "template"),
+                ("template_mask", "template_mask"),
+                ("template_probsegs", "template_probsegs"),
+            ]),
+        ])  # fmt: skip
+    if "forward_xfm" in precomputed:
+        transforms = pe.Node(
+            niu.IdentityInterface(fields=["forward_transform", "reverse_transform"]), name="precomputed_xfms"
+        )
+        workflow.connect([
+            (inputnode, transforms, [("forward_xfm", "forward_transform"), ("reverse_xfm", "reverse_transform")]),
+        ])  # fmt: skip
+    elif separate_registration or precomputed:
+        # brain extraction's own registration is not there to reuse when it was skipped
         transforms = pe.Node(
             RegistrationSyN(reg_quality=reg_quality, **threaded),
             name="registration", n_procs=omp_nthreads, mem_gb=MEM_GB["registration"],
         )
         workflow.connect([
-            (brain_extraction, transforms, [("out_file", "moving"), ("out_mask", "moving_mask")]),
+            (brain, transforms, [("out_file", "moving"), ("out_mask", "moving_mask")]),
             (inputnode, transforms, [("template", "fixed"), ("template_mask", "fixed_mask")]),
         ])  # fmt: skip
     else:
-        transforms = brain_extraction
+        transforms = brain
     priors_to_native = pe.MapNode(
         ApplyTransforms(interpolation="linear", num_threads=omp_nthreads),
         iterfield=["input_image"], name="priors_to_native", mem_gb=MEM_GB["resample"],
@@ -152,35 +206,27 @@ def init_anat_preproc_wf(
     roi_volumes = pe.Node(ROIVolumes(), name="roi_volumes")
 
     workflow.connect([
-        (inputnode, validate, [("t1w", "in_file")]),
-        (validate, n4, [("out_file", "in_file")]),
-        (n4, brain_extraction, [("out_file", "in_file")]),
-        (inputnode, brain_extraction, [
-            ("template", "template"),
-            ("template_mask", "template_mask"),
-            ("template_probsegs", "template_probsegs"),
-        ]),
         (inputnode, priors_to_native, [("template_probsegs", "input_image")]),
-        (n4, priors_to_native, [("out_file", "reference_image")]),
+        (preproc, priors_to_native, [("out_file", "reference_image")]),
         (transforms, priors_to_native, [(("reverse_transform", _as_list), "transforms")]),
-        (brain_extraction, segmentation, [("out_file", "in_file"), ("out_mask", "mask_file")]),
+        (brain, segmentation, [("out_file", "in_file"), ("out_mask", "mask_file")]),
         (priors_to_native, segmentation, [("output_image", "prior_probsegs")]),
         (inputnode, atlas_to_native, [("atlas_dseg", "input_image")]),
-        (n4, atlas_to_native, [("out_file", "reference_image")]),
+        (preproc, atlas_to_native, [("out_file", "reference_image")]),
         (transforms, atlas_to_native, [(("reverse_transform", _as_list), "transforms")]),
-        (n4, t1w_to_std, [("out_file", "input_image")]),
+        (preproc, t1w_to_std, [("out_file", "input_image")]),
         (inputnode, t1w_to_std, [("template", "reference_image")]),
         (transforms, t1w_to_std, [(("forward_transform", _as_list), "transforms")]),
-        (brain_extraction, mask_to_std, [("out_mask", "input_image")]),
+        (brain, mask_to_std, [("out_mask", "input_image")]),
         (inputnode, mask_to_std, [("template", "reference_image")]),
         (transforms, mask_to_std, [(("forward_transform", _as_list), "transforms")]),
         (atlas_to_native, roi_volumes, [("output_image", "atlas_file")]),
         (segmentation, roi_volumes, [("out_dseg", "tissues_file")]),
-        (brain_extraction, roi_volumes, [("out_mask", "mask_file")]),
+        (brain, roi_volumes, [("out_mask", "mask_file")]),
         (inputnode, roi_volumes, [("atlas_labels", "labels_file"), ("t1w", "source_file")]),
         (validate, outputnode, [("out_file", "t1w_valid")]),
-        (n4, outputnode, [("out_file", "t1w_preproc")]),
-        (brain_extraction, outputnode, [("out_mask", "t1w_mask")]),
+        (preproc, outputnode, [("out_file", "t1w_preproc")]),
+        (brain, outputnode, [("out_mask", "t1w_mask")]),
         (segmentation, outputnode, [("out_dseg", "t1w_dseg"), ("out_probsegs", "t1w_probsegs")]),
         (t1w_to_std, outputnode, [("output_image", "std_t1w")]),
         (mask_to_std, outputnode, [("output_image", "std_mask")]),
@@ -196,3 +242,30 @@ def init_anat_preproc_wf(
 
 def _as_list(value):
     return [value]
+
+
+def _check_precomputed(precomputed) -> tuple[str, ...]:
+    names = tuple(f for f in PRECOMPUTED_FIELDS if f in set(precomputed))
+    unknown = set(precomputed) - set(PRECOMPUTED_FIELDS)
+    if unknown or names not in ((), PRECOMPUTED_FIELDS[:2], PRECOMPUTED_FIELDS):
+        raise ValueError(
+            f"precomputed={sorted(precomputed)}: give none, {list(PRECOMPUTED_FIELDS[:2])} or "
+            f"all of {list(PRECOMPUTED_FIELDS)}"
+        )
+    return names
+
+
+def _apply_mask(in_file, mask_file):
+    """Zero the T1w outside the brain mask (the moving image of the template registration)."""
+    import os
+
+    import nibabel as nb
+    import numpy as np
+
+    image, mask = nb.load(in_file), nb.load(mask_file)
+    if image.shape[:3] != mask.shape[:3] or not np.allclose(image.affine, mask.affine, atol=1e-3):
+        raise ValueError(f"{mask_file} is not on the grid of {in_file}: the brain mask must match the T1w")
+    data = np.asarray(image.dataobj, dtype=np.float32) * (np.asarray(mask.dataobj) > 0)
+    out_file = os.path.abspath("t1w_brain.nii.gz")
+    nb.Nifti1Image(data, image.affine).to_filename(out_file)
+    return out_file, os.path.abspath(mask_file)

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import defaultdict
+from pathlib import Path
 
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
 from ..interfaces.reportlets import MaskContourReport, RegistrationReport, SegmentationReport
 from ..utils.derivatives import parse_entities
+from ..utils.precomputed import find_precomputed
 from .anatomical import TEMPLATE_FIELDS, init_anat_preproc_wf
 from .outputs import (
     derivatives_sink,
@@ -17,6 +20,8 @@ from .outputs import (
     init_ds_morphometry_wf,
     init_ds_template_wf,
 )
+
+LOGGER = logging.getLogger("bidsharmony")
 
 
 def init_bidsharmony_wf(*, config, t1w_files, template_inputs: dict, atlas_meta: dict, name="bidsharmony_wf"):
@@ -66,21 +71,28 @@ def run_parameters(config) -> dict:
 def init_single_subject_wf(*, subject_id, t1w_files, config, template_inputs, atlas_meta, name):
     """Preprocess every T1w of one subject (one pipeline per session/run) and write outputs."""
     workflow = pe.Workflow(name=name)
-    parameters = run_parameters(config)
     sink_args = {"output_dir": config.output_dir, "bids_dir": config.bids_dir}
     for t1w in t1w_files:
         entities = parse_entities(t1w)
         tag = "_".join(f"{k}_{entities[k]}" for k in ("ses", "acq", "run") if k in entities) or "single"
+        precomputed = find_precomputed(config.derivatives, t1w, config.template) if config.derivatives else {}
         anat_wf = init_anat_preproc_wf(
             reg_quality=config.reg_quality,
             n4_shrink_factor=config.n4_shrink_factor,
             omp_nthreads=config.omp_nthreads,
             random_seed=config.random_seed,
+            precomputed=tuple(precomputed),
             name=f"anat_{tag}_wf",
         )
         anat_wf.inputs.inputnode.t1w = t1w
         for field in TEMPLATE_FIELDS:
             setattr(anat_wf.inputs.inputnode, field, template_inputs[field])
+        for field, path in precomputed.items():
+            setattr(anat_wf.inputs.inputnode, field, path)
+        parameters = run_parameters(config)
+        if precomputed:
+            LOGGER.info("%s: reusing %s", Path(t1w).name, ", ".join(Path(p).name for p in precomputed.values()))
+            parameters["PrecomputedInputs"] = sorted(precomputed.values())  # provenance in every sidecar
 
         source = pe.Node(niu.IdentityInterface(fields=["source_file"]), name=f"source_{tag}")
         source.inputs.source_file = t1w

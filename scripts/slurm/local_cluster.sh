@@ -14,9 +14,13 @@ action=${1:?usage: local_cluster.sh start|stop DIR}
 dir=$(mkdir -p "${2:?usage: local_cluster.sh start|stop DIR}" && cd "$2" && pwd)
 
 stop() {
+    local pid
     for daemon in slurmd slurmctld munged; do
         if [[ -s "$dir/$daemon.pid" ]]; then
-            kill "$(cat "$dir/$daemon.pid")" 2>/dev/null || true
+            pid=$(cat "$dir/$daemon.pid")
+            kill "$pid" 2>/dev/null || true
+            # slurmctld saves its state before it exits: wait, so a restart finds it gone
+            for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
             rm -f "$dir/$daemon.pid"
         fi
     done

@@ -1,0 +1,113 @@
+"""bidsharmony inside other pipelines, and other pipelines' preprocessing inside bidsharmony.
+
+One subject at 4 mm is processed once; its own outputs, copied into an fMRIPrep-style
+derivatives folder (``sub-<label>/anat/sub-<label>_desc-preproc_T1w.nii.gz``, brain mask and
+the two template transforms), are then
+
+* reused by ``bidsharmony ... participant --derivatives FOLDER`` (N4, brain extraction and
+  registration skipped; tissues and ROI volumes still computed), and
+* fed to ``init_anat_preproc_wf`` inside a parent Nipype workflow whose own node reads the
+  ROI table, as an fMRIPrep-like pipeline would import it.
+
+Both must give the ROI volumes of the full run. About a minute on 2 cores.
+"""
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from nipype.interfaces import utility as niu
+from nipype.pipeline import engine as pe
+
+from bidsharmony.cli.run import main
+from bidsharmony.datasets.synthetic import make_dataset
+from bidsharmony.templates import template_inputs
+from bidsharmony.workflows.anatomical import PRECOMPUTED_FIELDS, TEMPLATE_FIELDS, init_anat_preproc_wf
+from integration_helpers import PARTICIPANT_OPTIONS, missing_outputs
+
+LABEL = "001"
+TEMPLATE = "MNI152NLin2009aSym"
+# the fMRIPrep names of the outputs this test reuses, by precomputed field
+FMRIPREP_NAMES = {
+    "t1w_preproc": f"sub-{LABEL}_desc-preproc_T1w.nii.gz",
+    "t1w_mask": f"sub-{LABEL}_desc-brain_mask.nii.gz",
+    "forward_xfm": f"sub-{LABEL}_from-T1w_to-{TEMPLATE}_mode-image_xfm.h5",
+    "reverse_xfm": f"sub-{LABEL}_from-{TEMPLATE}_to-T1w_mode-image_xfm.h5",
+}
+MORPH = f"sub-{LABEL}/anat/sub-{LABEL}_atlas-Neuromorphometrics_desc-volume_morph.tsv"
+
+
+def _run(argv):
+    with pytest.raises(SystemExit) as exc:
+        main([str(a) for a in argv])
+    return exc.value.code
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("integration")
+    dataset = make_dataset(root / "data", n_subjects=1, n_sites=1, resolution=4.0, seed=5, n_traveling=0)
+    out = root / "out"
+    argv = [dataset.bids_dir, out, "participant", "-w", root / "work", *PARTICIPANT_OPTIONS]
+    assert _run(argv) == 0
+    # An fMRIPrep-style derivatives dataset made of the run's own outputs.
+    fmriprep = root / "fmriprep"
+    (fmriprep / f"sub-{LABEL}" / "anat").mkdir(parents=True)
+    (fmriprep / "dataset_description.json").write_text(json.dumps({
+        "Name": "fMRIPrep-style outputs", "BIDSVersion": "1.9.0", "DatasetType": "derivative",
+        "GeneratedBy": [{"Name": "fMRIPrep"}],
+    }))
+    anat = out / f"sub-{LABEL}" / "anat"
+    for name in FMRIPREP_NAMES.values():
+        shutil.copyfile(anat / name, fmriprep / f"sub-{LABEL}" / "anat" / name)
+    return dataset, root, out, fmriprep
+
+
+def test_derivatives_are_reused_instead_of_recomputed(first_run):
+    dataset, root, out, fmriprep = first_run
+    reused_out, work = root / "reused_out", root / "reused_work"
+    argv = [dataset.bids_dir, reused_out, "participant", "-w", work, "--derivatives", fmriprep, *PARTICIPANT_OPTIONS]
+    assert _run(argv) == 0
+    assert missing_outputs(reused_out, [LABEL]) == []
+    node_dirs = {p.name for p in work.rglob("*") if p.is_dir()}
+    assert {"precomputed_brain", "segmentation", "roi_volumes"}  # identity nodes leave no folder <= node_dirs
+    assert not node_dirs & {"n4", "brain_extraction", "registration"}, "preprocessing was recomputed"
+    pd.testing.assert_frame_equal(pd.read_csv(reused_out / MORPH, sep="\t"), pd.read_csv(out / MORPH, sep="\t"))
+    sidecar = json.loads((reused_out / MORPH.replace(".tsv", ".json")).read_text())
+    assert sorted(Path(p).name for p in sidecar["PrecomputedInputs"]) == sorted(FMRIPREP_NAMES.values())
+
+
+def _icv(morph_tsv):
+    import pandas as pd
+
+    return float(pd.read_csv(morph_tsv, sep="\t")["volume_ICV"].iloc[0])
+
+
+def test_parent_workflow_imports_and_connects_the_anatomical_workflow(first_run):
+    dataset, root, out, fmriprep = first_run
+    inputs, _ = template_inputs(TEMPLATE, 4, "Neuromorphometrics")
+    parent = pe.Workflow(name="parent_wf", base_dir=str(root / "parent_work"))
+    anat_wf = init_anat_preproc_wf(precomputed=PRECOMPUTED_FIELDS, name="bidsharmony_anat_wf")
+    anat_wf.inputs.inputnode.t1w = str(dataset.scans["t1w"].iloc[0])
+    for field in TEMPLATE_FIELDS:
+        setattr(anat_wf.inputs.inputnode, field, inputs[field])
+    # the parent's own "fMRIPrep" outputs arrive through a node of the parent
+    fmriprep_outputs = pe.Node(niu.IdentityInterface(fields=list(PRECOMPUTED_FIELDS)), name="fmriprep_outputs")
+    for field, name in FMRIPREP_NAMES.items():
+        setattr(fmriprep_outputs.inputs, field, str(fmriprep / f"sub-{LABEL}" / "anat" / name))
+    icv = pe.Node(niu.Function(function=_icv, input_names=["morph_tsv"], output_names=["icv"]), name="icv")
+    parent.connect([
+        (fmriprep_outputs, anat_wf, [(f, f"inputnode.{f}") for f in PRECOMPUTED_FIELDS]),
+        (anat_wf, icv, [("outputnode.morph_tsv", "morph_tsv")]),
+    ])  # fmt: skip
+    graph = parent.write_graph(graph2use="colored", format="dot", simple_form=True)
+    assert Path(graph).is_file()
+    names = {node.fullname for node in parent._get_all_nodes()}
+    assert "bidsharmony_anat_wf.segmentation" in names and "bidsharmony_anat_wf.n4" not in names
+
+    result = parent.run(plugin="Linear")
+    icv_node = next(n for n in result.nodes() if n.name == "icv")
+    expected = pd.read_csv(out / MORPH, sep="\t")["volume_ICV"].iloc[0]
+    assert icv_node.result.outputs.icv == pytest.approx(expected, rel=1e-9)
