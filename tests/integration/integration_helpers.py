@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pandas as pd
+from filelock import FileLock
 
 # Files every processed T1w without sessions gets in ``sub-<label>/anat/`` (4 mm run).
 EXPECTED_SUFFIXES = (
@@ -69,3 +71,26 @@ def roi_tables(output_dir: Path) -> dict[str, pd.DataFrame]:
         p.relative_to(output_dir).as_posix(): pd.read_csv(p, sep="\t")
         for p in sorted(output_dir.glob("sub-*/**/anat/*_desc-volume_morph.tsv"))
     }
+
+
+def build_once(tmp_path_factory, name: str, build) -> Path:
+    """Run ``build(folder)`` once per test session and return the folder it filled.
+
+    pytest-xdist (``make test`` runs ``-n 2``) spreads one module's tests over workers, and a
+    module-scoped fixture would then run its minutes of processing once per worker. Under
+    xdist the workers share the session's temporary root: the first worker builds there
+    under a file lock, the others wait and reuse its result.
+    """
+    if os.getenv("PYTEST_XDIST_WORKER") is None:
+        folder = tmp_path_factory.mktemp(name)
+        build(folder)
+        return folder
+    folder = tmp_path_factory.getbasetemp().parent / name
+    with FileLock(f"{folder}.lock"):
+        if not (folder / ".built").is_file():
+            if folder.exists():  # a worker failed or skipped half-way: start again
+                shutil.rmtree(folder)
+            folder.mkdir()
+            build(folder)
+            (folder / ".built").touch()
+    return folder

@@ -17,6 +17,7 @@ from bidsharmony.utils.derivatives import container_info, dataset_description
 from integration_helpers import (
     PARTICIPANT_OPTIONS,
     bidsharmony_command,
+    build_once,
     missing_outputs,
     process_env,
 )
@@ -24,9 +25,7 @@ from integration_helpers import (
 SUBJECTS = ("001", "002")
 
 
-@pytest.fixture(scope="module")
-def concurrent_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("concurrent")
+def _build(root):
     dataset = make_dataset(root / "data", n_subjects=len(SUBJECTS), n_sites=2, resolution=4.0, seed=7, n_traveling=0)
     out, work = root / "out", root / "work"
     env = process_env(templateflow_home=root / "templateflow")  # empty: the processes fill it
@@ -41,7 +40,14 @@ def concurrent_run(tmp_path_factory):
     started = time.monotonic()
     logs = [p.communicate(timeout=600)[0] for p in processes]
     print(f"{len(SUBJECTS)} concurrent participant processes: {time.monotonic() - started:.0f} s")
-    return dataset, out, [p.returncode for p in processes], logs
+    (root / "processes.json").write_text(json.dumps({"codes": [p.returncode for p in processes], "logs": logs}))
+
+
+@pytest.fixture(scope="module")
+def concurrent_run(tmp_path_factory):
+    root = build_once(tmp_path_factory, "concurrent_participants", _build)
+    processes = json.loads((root / "processes.json").read_text())
+    return root / "data" / "bids", root / "out", processes["codes"], processes["logs"]
 
 
 def test_every_process_succeeds_and_every_output_is_complete(concurrent_run):
@@ -54,9 +60,9 @@ def test_every_process_succeeds_and_every_output_is_complete(concurrent_run):
 
 
 def test_dataset_description_is_whole_and_expected(concurrent_run):
-    dataset, out, _, _ = concurrent_run
+    bids_dir, out, _, _ = concurrent_run
     written = json.loads((out / "dataset_description.json").read_text())
-    expected = json.loads(json.dumps(dataset_description(dataset.bids_dir, container_info()), default=str))
+    expected = json.loads(json.dumps(dataset_description(bids_dir, container_info()), default=str))
     assert written == expected
     assert (out / ".bidsignore").read_text().splitlines()[0] == "logs/"
 

@@ -25,7 +25,7 @@ from bidsharmony.cli.run import main
 from bidsharmony.datasets.synthetic import make_dataset
 from bidsharmony.templates import template_inputs
 from bidsharmony.workflows.anatomical import PRECOMPUTED_FIELDS, TEMPLATE_FIELDS, init_anat_preproc_wf
-from integration_helpers import PARTICIPANT_OPTIONS, missing_outputs
+from integration_helpers import PARTICIPANT_OPTIONS, build_once, missing_outputs
 
 LABEL = "001"
 TEMPLATE = "MNI152NLin2009aSym"
@@ -45,9 +45,7 @@ def _run(argv):
     return exc.value.code
 
 
-@pytest.fixture(scope="module")
-def first_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("integration")
+def _build(root):
     dataset = make_dataset(root / "data", n_subjects=1, n_sites=1, resolution=4.0, seed=5, n_traveling=0)
     out = root / "out"
     argv = [dataset.bids_dir, out, "participant", "-w", root / "work", *PARTICIPANT_OPTIONS]
@@ -62,13 +60,18 @@ def first_run(tmp_path_factory):
     anat = out / f"sub-{LABEL}" / "anat"
     for name in FMRIPREP_NAMES.values():
         shutil.copyfile(anat / name, fmriprep / f"sub-{LABEL}" / "anat" / name)
-    return dataset, root, out, fmriprep
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    root = build_once(tmp_path_factory, "pipeline_integration", _build)
+    return root / "data" / "bids", root, root / "out", root / "fmriprep"
 
 
 def test_derivatives_are_reused_instead_of_recomputed(first_run):
-    dataset, root, out, fmriprep = first_run
+    bids_dir, root, out, fmriprep = first_run
     reused_out, work = root / "reused_out", root / "reused_work"
-    argv = [dataset.bids_dir, reused_out, "participant", "-w", work, "--derivatives", fmriprep, *PARTICIPANT_OPTIONS]
+    argv = [bids_dir, reused_out, "participant", "-w", work, "--derivatives", fmriprep, *PARTICIPANT_OPTIONS]
     assert _run(argv) == 0
     assert missing_outputs(reused_out, [LABEL]) == []
     node_dirs = {p.name for p in work.rglob("*") if p.is_dir()}
@@ -86,11 +89,11 @@ def _icv(morph_tsv):
 
 
 def test_parent_workflow_imports_and_connects_the_anatomical_workflow(first_run):
-    dataset, root, out, fmriprep = first_run
+    bids_dir, root, out, fmriprep = first_run
     inputs, _ = template_inputs(TEMPLATE, 4, "Neuromorphometrics")
     parent = pe.Workflow(name="parent_wf", base_dir=str(root / "parent_work"))
     anat_wf = init_anat_preproc_wf(precomputed=PRECOMPUTED_FIELDS, name="bidsharmony_anat_wf")
-    anat_wf.inputs.inputnode.t1w = str(dataset.scans["t1w"].iloc[0])
+    anat_wf.inputs.inputnode.t1w = str(bids_dir / f"sub-{LABEL}" / "anat" / f"sub-{LABEL}_T1w.nii.gz")
     for field in TEMPLATE_FIELDS:
         setattr(anat_wf.inputs.inputnode, field, inputs[field])
     # the parent's own "fMRIPrep" outputs arrive through a node of the parent

@@ -9,6 +9,7 @@ unless ``BIDSHARMONY_REQUIRE_SLURM=1`` (set by ``.ci/run``) turns the skip into 
 About two to three minutes on 2 cores.
 """
 
+import json
 import os
 import shutil
 import subprocess
@@ -21,7 +22,14 @@ import pytest
 
 from bidsharmony.datasets.synthetic import make_dataset
 from bidsharmony.templates import ensure_offline_cache
-from integration_helpers import PARTICIPANT_OPTIONS, missing_outputs, process_env, roi_tables, run_bidsharmony
+from integration_helpers import (
+    PARTICIPANT_OPTIONS,
+    build_once,
+    missing_outputs,
+    process_env,
+    roi_tables,
+    run_bidsharmony,
+)
 
 pytestmark = pytest.mark.slurm
 
@@ -37,22 +45,19 @@ def _unavailable(reason: str):
     pytest.skip(reason)
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
+def _start_cluster(folder: Path) -> Path:
     missing = [c for c in ("munged", "slurmctld", "slurmd", "sbatch") if shutil.which(c) is None]
     if missing:
         _unavailable(f"{', '.join(missing)} not installed (apt-get install slurm-wlm munge)")
     if os.geteuid() != 0:
         _unavailable("slurmd must run as root")
-    folder = tmp_path_factory.mktemp("slurm")
     started = subprocess.run(
         ["bash", str(SCRIPTS / "local_cluster.sh"), "start", str(folder)],
         capture_output=True, text=True, timeout=120,
     )
     if started.returncode != 0:
         _unavailable(f"the daemons did not start: {(started.stderr or started.stdout).strip()[-800:]}")
-    yield folder / "slurm.conf"
-    subprocess.run(["bash", str(SCRIPTS / "local_cluster.sh"), "stop", str(folder)], timeout=60)
+    return folder / "slurm.conf"
 
 
 def _squeue(env, *job_ids) -> str:
@@ -66,57 +71,63 @@ def _job_states(env, job_id) -> list[str]:
     return [word.split("=", 1)[1] for word in shown.stdout.split() if word.startswith("JobState=")]
 
 
-@pytest.fixture(scope="module")
-def slurm_run(cluster, tmp_path_factory):
-    root = tmp_path_factory.mktemp("slurm_data")
+def _build(root: Path) -> None:
+    """Submit the array + group job and wait; then the same subjects in one local process."""
     dataset = make_dataset(root / "data", n_subjects=len(SUBJECTS), n_sites=2, resolution=4.0, seed=11, n_traveling=0)
     templateflow = ensure_offline_cache(root / "templateflow", (4,))  # filled once, before the jobs
     env = process_env(templateflow_home=templateflow)
-    env.update({"SLURM_CONF": str(cluster), "BIDSHARMONY": f"{sys.executable} -m bidsharmony"})
+    env["BIDSHARMONY"] = f"{sys.executable} -m bidsharmony"
+    env["SLURM_CONF"] = str(_start_cluster(root / "cluster"))
+    try:
+        started = time.monotonic()
+        submitted = subprocess.run(
+            ["bash", str(SCRIPTS / "submit.sh"), str(dataset.bids_dir), str(root / "slurm_out"),
+             "--array-sbatch-args", "--cpus-per-task=1 --mem=2G",
+             "--participant-args", " ".join(PARTICIPANT_OPTIONS),
+             "--group-args", "--site-column site"],
+            env=env, capture_output=True, text=True, cwd=root, timeout=60,
+        )
+        assert submitted.returncode == 0, submitted.stderr
+        ids = dict(line.split("=", 1) for line in submitted.stdout.splitlines() if "_job=" in line)
+        while _squeue(env, ids["array_job"], ids["group_job"]):
+            assert time.monotonic() - started < TIMEOUT_S, _squeue(env, ids["array_job"], ids["group_job"])
+            time.sleep(2)
+        slurm_seconds = time.monotonic() - started
+        states = {name: _job_states(env, job) for name, job in ids.items()}
+    finally:
+        subprocess.run(["bash", str(SCRIPTS / "local_cluster.sh"), "stop", str(root / "cluster")], timeout=60)
+    (root / "states.json").write_text(json.dumps(states))
 
-    out = root / "slurm_out"
     started = time.monotonic()
-    submitted = subprocess.run(
-        ["bash", str(SCRIPTS / "submit.sh"), str(dataset.bids_dir), str(out),
-         "--array-sbatch-args", "--cpus-per-task=1 --mem=2G",
-         "--participant-args", " ".join(PARTICIPANT_OPTIONS),
-         "--group-args", "--site-column site"],
-        env=env, capture_output=True, text=True, cwd=root, timeout=60,
-    )
-    assert submitted.returncode == 0, submitted.stderr
-    ids = dict(line.split("=", 1) for line in submitted.stdout.splitlines() if "_job=" in line)
-    while _squeue(env, ids["array_job"], ids["group_job"]):
-        assert time.monotonic() - started < TIMEOUT_S, _squeue(env, ids["array_job"], ids["group_job"])
-        time.sleep(2)
-    slurm_seconds = time.monotonic() - started
-    states = {name: _job_states(env, job) for name, job in ids.items()}
-
-    local = root / "local_out"
-    started = time.monotonic()
-    result = run_bidsharmony(dataset.bids_dir, local, "participant", "--nprocs", "2", "-w", root / "local_work",
-                             *PARTICIPANT_OPTIONS, env=env)
+    result = run_bidsharmony(dataset.bids_dir, root / "local_out", "participant", "--nprocs", "2",
+                             "-w", root / "local_work", *PARTICIPANT_OPTIONS, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     print(f"SLURM array of {len(SUBJECTS)} subjects + group: {slurm_seconds:.0f} s; "
           f"one local process (participant only): {time.monotonic() - started:.0f} s")
-    return dataset, out, local, states
+
+
+@pytest.fixture(scope="module")
+def slurm_run(tmp_path_factory):
+    root = build_once(tmp_path_factory, "slurm_array", _build)
+    return root / "slurm_out", root / "local_out", json.loads((root / "states.json").read_text())
 
 
 def test_array_and_dependent_group_job_complete(slurm_run):
-    _, out, _, states = slurm_run
+    out, _, states = slurm_run
     logs = "\n".join(p.read_text()[-1500:] for p in sorted((out / "logs").glob("slurm-*.out")))
     assert states["array_job"] == ["COMPLETED"] * len(SUBJECTS), logs
     assert states["group_job"] == ["COMPLETED"], logs
 
 
 def test_derivatives_are_complete(slurm_run):
-    _, out, _, _ = slurm_run
+    out, _, _ = slurm_run
     assert missing_outputs(out, SUBJECTS) == []
     assert not list(out.rglob("*.tmp*"))
     assert len(list((out / "logs").glob("bidsharmony-*.log"))) == len(SUBJECTS) + 1  # tasks + group
 
 
 def test_roi_tables_identical_to_a_local_run(slurm_run):
-    _, out, local, _ = slurm_run
+    out, local, _ = slurm_run
     from_slurm, from_local = roi_tables(out), roi_tables(local)
     assert sorted(from_slurm) == sorted(from_local) and len(from_local) == len(SUBJECTS)
     for name, table in from_local.items():
@@ -124,7 +135,7 @@ def test_roi_tables_identical_to_a_local_run(slurm_run):
 
 
 def test_group_job_collected_every_subject(slurm_run):
-    _, out, _, _ = slurm_run
+    out, _, _ = slurm_run
     table = pd.read_csv(out / "group" / "atlas-Neuromorphometrics_desc-raw_morph.tsv", sep="\t")
     assert sorted(table["participant_id"]) == [f"sub-{s}" for s in SUBJECTS]
     assert sorted(set(table["site"])) == ["siteA", "siteB"]
