@@ -82,6 +82,27 @@ def test_derivatives_are_reused_instead_of_recomputed(first_run):
     assert sorted(Path(p).name for p in sidecar["PrecomputedInputs"]) == sorted(FMRIPREP_NAMES.values())
 
 
+def test_transforms_to_another_template_are_recomputed(first_run):
+    """fMRIPrep's default template differs from bidsharmony's: only the T1w and mask are reused."""
+    bids_dir, root, out, fmriprep = first_run
+    other = root / "fmriprep_2009c"
+    shutil.copytree(fmriprep, other)
+    for xfm in (other / f"sub-{LABEL}" / "anat").glob("*_xfm.h5"):
+        xfm.rename(xfm.with_name(xfm.name.replace(TEMPLATE, "MNI152NLin2009cAsym")))
+    reused_out, work = root / "partial_out", root / "partial_work"
+    argv = [bids_dir, reused_out, "participant", "-w", work, "--derivatives", other, *PARTICIPANT_OPTIONS]
+    assert _run(argv) == 0
+    assert missing_outputs(reused_out, [LABEL]) == []
+    node_dirs = {p.name for p in work.rglob("*") if p.is_dir()}
+    assert "registration" in node_dirs and not node_dirs & {"n4", "brain_extraction"}
+    full, partial = (pd.read_csv(o / MORPH, sep="\t").iloc[0] for o in (out, reused_out))
+    assert partial["volume_ICV"] == full["volume_ICV"]  # the same brain mask
+    regions = [c for c in full.index if c.startswith("volume_") and full[c] > 5000]
+    relative = ((partial[regions] - full[regions]).abs() / full[regions]).astype(float)
+    # a second SyN of the same brain: regional volumes move a little, not by a misalignment
+    assert relative.median() < 0.1, relative.sort_values().tail().to_dict()
+
+
 def _icv(morph_tsv):
     import pandas as pd
 
