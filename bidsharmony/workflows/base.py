@@ -179,7 +179,8 @@ def set_batch_resources(workflow, plugin: str) -> int:
         if node.run_without_submitting:
             continue
         request = f"--cpus-per-task={max(1, int(node.n_procs))} --mem={max(1, math.ceil(node.mem_gb * 1024))}M"
-        extra = node.plugin_args.get("sbatch_args", "")
-        node.plugin_args = {**node.plugin_args, "sbatch_args": f"{extra} {request}".strip()}
+        extra = node.plugin_args.get("sbatch_args", "").strip()
+        # Leading space: SLURMGraph appends a node's sbatch_args to the plugin's own without one.
+        node.plugin_args = {**node.plugin_args, "sbatch_args": f" {extra} {request}".replace("  ", " ")}
         sized += 1
     return sized

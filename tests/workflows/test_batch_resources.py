@@ -23,8 +23,9 @@ def test_slurm_jobs_request_what_each_node_declares():
     nodes["n4"].plugin_args = {"sbatch_args": "--qos=long"}  # a user's own request is kept
     assert set_batch_resources(workflow, "SLURM") == len(nodes)  # no in-process node here
     n4_mb = int(MEM_GB["n4"] * 1024)
-    assert nodes["n4"].plugin_args["sbatch_args"] == f"--qos=long --cpus-per-task=3 --mem={n4_mb}M"
-    assert nodes["roi_volumes"].plugin_args["sbatch_args"].startswith("--cpus-per-task=1 --mem=")
+    # a leading space: Nipype's SLURMGraph appends node arguments to its own without one
+    assert nodes["n4"].plugin_args["sbatch_args"] == f" --qos=long --cpus-per-task=3 --mem={n4_mb}M"
+    assert nodes["roi_volumes"].plugin_args["sbatch_args"].startswith(" --cpus-per-task=1 --mem=")
 
 
 def test_other_plugins_and_in_process_nodes_are_left_alone():
