@@ -68,11 +68,11 @@ def model(data):
 
 @pytest.mark.parametrize("site", ["gamma", "exp"])
 def test_unseen_sites_get_closer_to_the_truth(data, model, site):
-    """Sites never seen in fit: PSNR to the site-free anatomy rises by at least 1 dB.
+    """Sites never seen in fit: PSNR to the site-free anatomy rises by at least 3 dB.
 
-    The tiny model gains 2-3 dB on these phantoms (the paper reports 6.8 dB with 4 × 7 steps
-    trained for 20k iterations); 1 dB leaves room for platform noise yet fails if the
-    iteration only copied the source (0 dB) or the mean image.
+    The tiny model gains 5-8 dB per site on these phantoms (seeds 0 and 1; the paper reports
+    6.8 dB on OASIS-3 with 4 × 7 steps); 3 dB leaves room for platform noise yet fails if the
+    iteration only copied the source (0 dB).
     """
     scans, truth = data
     assert site not in model.sites_
@@ -80,12 +80,12 @@ def test_unseen_sites_get_closer_to_the_truth(data, model, site):
     for k in np.flatnonzero(np.asarray(scans.sites) == site):
         image, mask = scans.images[k], scans.masks[k]
         harmonized, info = model.transform_scan(image, mask, site)
-        lo, hi = model.reference_scale_
         source = _normalize(image, mask)[0]
-        gains.append(_psnr((harmonized - lo) / (hi - lo), truth[k], mask) - _psnr(source, truth[k], mask))
+        # the reference site stores 1000 × the site-free anatomy, so /1000 is the truth's scale
+        gains.append(_psnr(harmonized / 1000.0, truth[k], mask) - _psnr(source, truth[k], mask))
         assert info["ncc_with_source_min"] > 0.95
         assert np.array_equal(harmonized[~mask], image[~mask])
-    assert np.mean(gains) >= 1.0
+    assert np.mean(gains) >= 3.0
 
 
 def test_iteration_keeps_ncc_and_prior_step_raises_likelihood(data, model):
