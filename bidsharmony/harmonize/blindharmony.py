@@ -148,6 +148,7 @@ def blind_harmonize_slices(flow, source, start, brain=None, alpha=0.001, beta1=1
     # step as on the paper's slices, whatever the slice size here
     beta1 = beta1 * source[0].numel() / PAPER_SLICE_PIXELS
     mask = non_edge_mask(source, brain, edge_quantile)
+    x = start.clone()  # N = 0 returns the mean image
     with torch.no_grad():
         z = flow(start)[0]
     for _ in range(int(num_iterations)):
@@ -158,7 +159,9 @@ def blind_harmonize_slices(flow, source, start, brain=None, alpha=0.001, beta1=1
         edge = (mask * gradient_magnitude(x)).flatten(1).sum(1).sum()
         grad_ncc = torch.autograd.grad(ncc, x, retain_graph=True)[0]
         grad_edge = torch.autograd.grad(edge, x)[0]
-        x = (x + beta1 * grad_ncc - beta2 * grad_edge).detach()
+        # project onto the normalised intensity range: a step that leaves it sends f(x) far from
+        # the training latents, where f^-1 amplifies a few voxels by orders of magnitude
+        x = (x + beta1 * grad_ncc - beta2 * grad_edge).detach().clamp(0.0, 1.0)
         with torch.no_grad():
             z = (1.0 - alpha) * flow(x)[0]
     with torch.no_grad():
