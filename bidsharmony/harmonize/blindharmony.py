@@ -15,6 +15,11 @@ gradient and ``M`` the non-edge mask (pixels where the source gradient is below 
 ``edge_quantile`` of its in-brain values). Shrinking ``z`` raises the flow likelihood, i.e.
 makes the slice look more like the reference site; the NCC and edge terms keep its anatomy.
 
+Two choices the paper leaves open: ``beta1`` is rescaled by the slice's pixel count relative to
+192 × 192 (NCC gradients shrink with image size, so the paper's 1000 would blow up on small
+CPU slices), and each iterate is clipped to the normalised range [0, 1] (without it a few
+voxels whose latents leave the training distribution were amplified by ``f^-1`` to ~20×).
+
 Intensity units: slices are normalised to [0, 1] inside the brain (robust 0.5–99.5 percentiles
 per volume). The harmonized volume is expressed in the reference site's units by mapping [0, 1]
 back with the median percentile scale of the reference scans seen in fit. Only the correction
