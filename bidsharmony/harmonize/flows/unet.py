@@ -14,12 +14,13 @@ class ConcatELU(nn.Module):
         return torch.cat([F.elu(x), F.elu(-x)], dim=1)
 
 
-def _block(in_channels: int, out_channels: int, layers: int = 1) -> nn.Sequential:
+def _block(in_channels: int, out_channels: int, layers: int = 1, normalization: bool = True) -> nn.Sequential:
     """``layers`` times: concat-ELU, 3x3 convolution, group norm (the paper's 'normalizing layer')."""
     modules = []
     for i in range(layers):
-        modules += [ConcatELU(), nn.Conv2d(2 * (in_channels if i == 0 else out_channels), out_channels, 3, padding=1),
-                    nn.GroupNorm(1, out_channels)]
+        modules += [ConcatELU(), nn.Conv2d(2 * (in_channels if i == 0 else out_channels), out_channels, 3, padding=1)]
+        if normalization:
+            modules.append(nn.GroupNorm(1, out_channels))
     return nn.Sequential(*modules)
 
 
@@ -37,6 +38,10 @@ class ShallowUNet(nn.Module):
         Concat-ELU/convolution layers per level (paper harmonizer: 2).
     zero_init : bool
         Zero the output convolution, so a coupling layer starts as the identity.
+    normalization : bool
+        Group-normalise after each convolution. Switch it off when the net must see absolute
+        intensities (the harmonizer: a per-image normalisation would hide the brightness and
+        contrast it has to correct).
 
     Notes
     -----
@@ -45,18 +50,18 @@ class ShallowUNet(nn.Module):
     """
 
     def __init__(self, in_channels: int, out_channels: int, channels=(16, 32), layers_per_level: int = 1,
-                 zero_init: bool = False):
+                 zero_init: bool = False, normalization: bool = True):
         super().__init__()
         channels = list(channels)
         self.inlet = nn.Conv2d(in_channels, channels[0], 3, padding=1)
         self.down = nn.ModuleList()
         previous = channels[0]
         for width in channels:
-            self.down.append(_block(previous, width, layers_per_level))
+            self.down.append(_block(previous, width, layers_per_level, normalization))
             previous = width
         self.up = nn.ModuleList()
         for width, skip in zip(channels[-2::-1], channels[-2::-1]):
-            self.up.append(_block(previous + skip, width, layers_per_level))
+            self.up.append(_block(previous + skip, width, layers_per_level, normalization))
             previous = width
         self.outlet = nn.Sequential(ConcatELU(), nn.Conv2d(2 * previous, out_channels, 3, padding=1))
         self.bottleneck_channels = channels[-1]
