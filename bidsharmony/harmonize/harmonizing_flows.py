@@ -205,6 +205,14 @@ class HarmonizingFlows(ImageHarmonizer):
       source bpd detached; an absolute cap would depend on how the bpd is offset by
       dequantization and image size.
     * **Dequantization.** Uniform, 256 levels (see :mod:`.flows.dequantization`).
+    * **Augmentations.** The paper gives no ranges; ours (gamma 0.5-2, multiplication
+      0.7-1.3, brightness +-0.15, a 4-knot monotone map blended half-way with the identity) were
+      chosen so the small CPU harmonizer can learn to undo them; stronger ones left it unable
+      to leave reference-like scans alone.
+    * **Known limitation.** With CPU-size networks the pretrained harmonizer is not the
+      identity on reference-site scans (relative RMS change ~0.07-0.09 on test phantoms), and
+      the flow's likelihood favours lower contrast, so the bpd stop usually fires after a few
+      adaptation steps. Reference-site scans go through the same harmonizer as every other site.
     """
 
     name = "harmonizing-flows"
