@@ -167,7 +167,8 @@ def markdown(results, info, args, total):
     results = results.assign(dice_mean=results[["dice_csf", "dice_gm", "dice_wm"]].mean(axis=1))
     table = results.groupby("method", sort=False)[["psnr", "ssim", "dice_csf", "dice_gm", "dice_wm",
                                                    "dice_mean"]].mean()
-    lines = ["| method | PSNR (dB) | SSIM | Dice CSF | Dice GM | Dice WM | mean Dice |", "|---|---|---|---|---|---|---|"]
+    lines = ["| method | PSNR (dB) | SSIM | Dice CSF | Dice GM | Dice WM | mean Dice |",
+             "|---|---|---|---|---|---|---|"]
     for method, row in table.iterrows():
         psnr = "—" if not np.isfinite(row["psnr"]) else f"{row['psnr']:.2f}"
         lines.append(f"| {method} | {psnr} | {row['ssim']:.3f} | {row['dice_csf']:.3f} | {row['dice_gm']:.3f} | "

@@ -238,9 +238,11 @@ class HarmonizingFlows(ImageHarmonizer):
         if not 0 <= float(validation_fraction) < 1:
             raise HarmonizerParameterError(f"validation_fraction={validation_fraction}: give a value in [0, 1)")
         self.slice_size, self.slice_axis = int(slice_size), int(slice_axis)
-        self.num_scales, self.steps_per_scale, self.flow_channels = int(num_scales), int(steps_per_scale), int(flow_channels)
+        self.num_scales, self.steps_per_scale = int(num_scales), int(steps_per_scale)
+        self.flow_channels = int(flow_channels)
         self.flow_epochs, self.margin = int(flow_epochs), float(margin)
-        self.augmented_fraction, self.dissimilarity_threshold = float(augmented_fraction), float(dissimilarity_threshold)
+        self.augmented_fraction = float(augmented_fraction)
+        self.dissimilarity_threshold = float(dissimilarity_threshold)
         self.harmonizer_channels, self.harmonizer_levels = int(harmonizer_channels), int(harmonizer_levels)
         self.harmonizer_epochs = int(harmonizer_epochs)
         self.adaptation, self.adaptation_iterations = adaptation, int(adaptation_iterations)
