@@ -372,45 +372,9 @@ class Harmonizer:
         """
         self._check_fitted()
         path = Path(path)
-        if path.exists():
-            if not path.is_dir():
-                raise ModelFileError(f"cannot save a model to {path}: a file of that name exists; "
-                                     "choose a folder name")
-            if any(path.iterdir()) and not (path / MANIFEST_NAME).exists():
-                raise ModelFileError(f"refusing to save a model into {path}: the folder holds other "
-                                     "files; choose a new or empty folder")
-            if (path / MANIFEST_NAME).exists() and not overwrite:
-                raise ModelFileError(f"a model already exists at {path}; pass overwrite=True or "
-                                     "choose another folder")
+        check_model_destination(path, overwrite)
         state, arrays = self._get_state()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-        try:
-            weights = staging / WEIGHTS_NAME
-            clean = {str(k): np.ascontiguousarray(v) for k, v in arrays.items()}
-            for key, value in clean.items():
-                if value.dtype == object:
-                    raise TypeError(f"weight {key!r} is an object array; only numeric arrays are saved")
-            with open(weights, "wb") as handle:
-                np.savez(handle, **clean)
-            manifest = self._manifest(state)
-            manifest["weights"] = {
-                "file": WEIGHTS_NAME,
-                "sha256": _sha256(weights),
-                "arrays": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in clean.items()},
-            }
-            (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-            os.chmod(staging, 0o755)
-            if path.exists():
-                retired = path.with_name(f".{path.name}.old-{os.getpid()}")
-                os.replace(path, retired)
-                os.replace(staging, path)
-                shutil.rmtree(retired, ignore_errors=True)
-            else:
-                os.replace(staging, path)
-        finally:
-            if staging.exists():
-                shutil.rmtree(staging, ignore_errors=True)
+        write_model_folder(path, self._manifest(state), arrays)
         LOGGER.info("saved %s model to %s", self.name, path)
         return path
 
@@ -429,36 +393,10 @@ class Harmonizer:
             Missing folder, corrupted manifest or weights, newer schema, or (when called on a
             subclass) a model of another method.
         """
-        path = Path(path)
-        if path.is_file() and path.name == MANIFEST_NAME:
-            path = path.parent
-        manifest_path = path / MANIFEST_NAME
-        if not path.exists():
-            raise ModelFileError(f"model folder {path} does not exist; check the path or fit and save a model")
-        if not manifest_path.is_file():
-            raise ModelFileError(f"{path} is not a bidsharmony model folder (no {MANIFEST_NAME}); "
-                                 "give the folder written by Harmonizer.save")
-        try:
-            manifest = json.loads(manifest_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise ModelFileError(f"model manifest {manifest_path} is corrupted ({error}); "
-                                 "re-save or refit the model") from None
-        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
-            raise ModelFileError(f"{manifest_path} is not a bidsharmony harmonizer manifest "
-                                 f"(format {manifest.get('format') if isinstance(manifest, dict) else None!r})")
-        version = manifest.get("schema_version")
-        if not isinstance(version, int) or version < 1:
-            raise ModelFileError(f"model manifest {manifest_path} has an invalid schema_version {version!r}; "
-                                 "re-save or refit the model")
-        if version > SCHEMA_VERSION:
-            raise ModelFileError(
-                f"model {path} uses schema version {version} (written by bidsharmony "
-                f"{manifest.get('bidsharmony_version', '?')}), but bidsharmony {__version__} reads up to "
-                f"version {SCHEMA_VERSION}; upgrade bidsharmony to load it"
-            )
+        path, manifest = read_manifest(path, FORMAT_NAME)
         missing = [k for k in _REQUIRED_MANIFEST_KEYS if k not in manifest]
         if missing:
-            raise ModelFileError(f"model manifest {manifest_path} is corrupted: missing {', '.join(missing)}; "
+            raise ModelFileError(f"model manifest {path / MANIFEST_NAME} is corrupted: missing {', '.join(missing)}; "
                                  "re-save or refit the model")
         name = manifest["harmonizer"]
         if name not in HARMONIZER_MODULES:
@@ -468,7 +406,7 @@ class Harmonizer:
         if cls is not Harmonizer and not issubclass(target, cls):
             raise ModelFileError(f"model {path} is a {name!r} model, not a {cls.name or cls.__name__!r} "
                                  "one; load it with Harmonizer.load")
-        arrays = _read_weights(path, manifest)
+        arrays = read_weights(path, manifest)
         try:
             params = dict(manifest["hyperparameters"])
             harmonizer = target(**params)
@@ -492,7 +430,7 @@ class Harmonizer:
         return harmonizer
 
 
-def _read_weights(path: Path, manifest: dict) -> dict:
+def read_weights(path: Path, manifest: dict) -> dict:
     """Read ``weights.npz`` after checking its checksum and the arrays listed in the manifest."""
     info = manifest["weights"]
     weights = path / str(info.get("file", WEIGHTS_NAME))
@@ -515,3 +453,98 @@ def _read_weights(path: Path, manifest: dict) -> dict:
             raise ModelFileError(f"model weights {weights} are corrupted: array {key} has shape "
                                  f"{list(arrays[key].shape)}, the manifest says {meta['shape']}; refit")
     return arrays
+
+
+def check_model_destination(path: Path, overwrite: bool) -> None:
+    """Refuse to save over a file, a non-model folder, or (unless ``overwrite``) a model."""
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise ModelFileError(f"cannot save a model to {path}: a file of that name exists; "
+                             "choose a folder name")
+    if any(path.iterdir()) and not (path / MANIFEST_NAME).exists():
+        raise ModelFileError(f"refusing to save a model into {path}: the folder holds other "
+                             "files; choose a new or empty folder")
+    if (path / MANIFEST_NAME).exists() and not overwrite:
+        raise ModelFileError(f"a model already exists at {path}; pass overwrite=True or "
+                             "choose another folder")
+
+
+def write_model_folder(path: Path, manifest: dict, arrays: dict) -> Path:
+    """Write ``manifest.json`` and ``weights.npz`` into the folder ``path``, atomically.
+
+    The folder is assembled under a temporary sibling name and renamed into place; an
+    existing model folder of that name is replaced only once the new one is complete.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        weights = staging / WEIGHTS_NAME
+        clean = {str(k): np.ascontiguousarray(v) for k, v in arrays.items()}
+        for key, value in clean.items():
+            if value.dtype == object:
+                raise TypeError(f"weight {key!r} is an object array; only numeric arrays are saved")
+        with open(weights, "wb") as handle:
+            np.savez(handle, **clean)
+        manifest = dict(manifest)
+        manifest["weights"] = {
+            "file": WEIGHTS_NAME,
+            "sha256": _sha256(weights),
+            "arrays": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in clean.items()},
+        }
+        (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        os.chmod(staging, 0o755)
+        if path.exists():
+            retired = path.with_name(f".{path.name}.old-{os.getpid()}")
+            os.replace(path, retired)
+            os.replace(staging, path)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            os.replace(staging, path)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return path
+
+
+def read_manifest(path: str | os.PathLike, format_name: str) -> tuple[Path, dict]:
+    """The model folder and its parsed manifest, after checking format and schema version."""
+    path = Path(path)
+    if path.is_file() and path.name == MANIFEST_NAME:
+        path = path.parent
+    manifest_path = path / MANIFEST_NAME
+    if not path.exists():
+        raise ModelFileError(f"model folder {path} does not exist; check the path or fit and save a model")
+    if not manifest_path.is_file():
+        raise ModelFileError(f"{path} is not a bidsharmony model folder (no {MANIFEST_NAME}); "
+                             "give the folder written by the harmonizer's save()")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ModelFileError(f"model manifest {manifest_path} is corrupted ({error}); "
+                             "re-save or refit the model") from None
+    found = manifest.get("format") if isinstance(manifest, dict) else None
+    if found != format_name:
+        raise ModelFileError(f"{manifest_path} is not a {format_name} manifest (format {found!r})")
+    version = manifest.get("schema_version")
+    if not isinstance(version, int) or version < 1:
+        raise ModelFileError(f"model manifest {manifest_path} has an invalid schema_version {version!r}; "
+                             "re-save or refit the model")
+    if version > SCHEMA_VERSION:
+        raise ModelFileError(
+            f"model {path} uses schema version {version} (written by bidsharmony "
+            f"{manifest.get('bidsharmony_version', '?')}), but bidsharmony {__version__} reads up to "
+            f"version {SCHEMA_VERSION}; upgrade bidsharmony to load it"
+        )
+    return path, manifest
+
+
+def model_format(path: str | os.PathLike) -> str | None:
+    """The ``format`` field of a model folder's manifest (``None`` when unreadable)."""
+    path = Path(path)
+    manifest_path = path if path.name == MANIFEST_NAME else path / MANIFEST_NAME
+    try:
+        return json.loads(manifest_path.read_text()).get("format")
+    except (OSError, ValueError, AttributeError):
+        return None

@@ -22,6 +22,10 @@ class FeatureError(HarmonizerError, InputDataError):
     """The feature table cannot be used (NaN, non-numeric, non-positive volumes...)."""
 
 
+class HarmonizerInputError(HarmonizerError, InputDataError):
+    """The images, masks or covariates given to an image harmonizer cannot be used."""
+
+
 class FeatureMismatchError(FeatureError):
     """The features given to ``transform`` differ from those the model was fitted on."""
 
