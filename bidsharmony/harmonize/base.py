@@ -132,6 +132,20 @@ def _library_versions() -> dict:
     return versions
 
 
+
+def constructor_parameters(cls) -> list[str]:
+    """Keyword arguments of ``cls`` and of its bases' constructors, subclass first."""
+    names = []
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        for name, parameter in inspect.signature(klass.__init__).parameters.items():
+            if name != "self" and parameter.kind not in (parameter.VAR_KEYWORD, parameter.VAR_POSITIONAL) \
+                    and name not in names:
+                names.append(name)
+    return names
+
+
 class Harmonizer:
     """Base class: fit site effects on a feature table, map rows to a reference site.
 
@@ -183,15 +197,7 @@ class Harmonizer:
     # ------------------------------------------------------------------ parameters
     def get_params(self) -> dict:
         """Constructor arguments as a JSON-serialisable dict (stored in the manifest)."""
-        params = {}
-        for cls in type(self).__mro__:
-            if "__init__" not in cls.__dict__:
-                continue
-            for name, parameter in inspect.signature(cls.__init__).parameters.items():
-                if name == "self" or parameter.kind in (parameter.VAR_KEYWORD, parameter.VAR_POSITIONAL):
-                    continue
-                params.setdefault(name, _jsonable(getattr(self, name)))
-        return params
+        return {name: _jsonable(getattr(self, name)) for name in constructor_parameters(type(self))}
 
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in sorted(self.get_params().items()))

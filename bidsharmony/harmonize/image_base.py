@@ -19,7 +19,6 @@ arrays only, no pickle), written atomically by the same code as the table harmon
 from __future__ import annotations
 
 import importlib
-import inspect
 import logging
 import os
 import time
@@ -33,7 +32,7 @@ import pandas as pd
 
 from .._version import __version__
 from .base import (
-    SCHEMA_VERSION, _jsonable, _library_versions, check_model_destination, read_manifest,
+    SCHEMA_VERSION, _jsonable, _library_versions, check_model_destination, constructor_parameters, read_manifest,
     read_weights, write_model_folder,
 )
 from .errors import HarmonizerInputError, HarmonizerParameterError, ModelFileError, NotFittedError
@@ -186,12 +185,7 @@ class ImageHarmonizer:
     # ------------------------------------------------------------------ parameters
     @classmethod
     def parameter_names(cls) -> set[str]:
-        names = set()
-        for klass in cls.__mro__:
-            if "__init__" in klass.__dict__:
-                names |= {n for n, p in inspect.signature(klass.__init__).parameters.items()
-                          if n != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
-        return names
+        return set(constructor_parameters(cls))
 
     def get_params(self) -> dict:
         """Constructor arguments as a JSON-serialisable dict (stored in the manifest)."""
