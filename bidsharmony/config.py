@@ -85,6 +85,7 @@ class Config:
     derivatives: list[Path] = field(default_factory=list)
     site_column: str | None = None
     harmonizer: list[str] = field(default_factory=list)
+    harmonizer_params: dict = field(default_factory=dict)
     reference_site: str | None = None
     features: Path | None = None
     covariates: Path | None = None

@@ -29,7 +29,10 @@ def desc_label(method: str) -> str:
 
 
 def harmonizer_params(config, method: str) -> dict:
-    """Constructor arguments of ``method`` from the command line."""
+    """Constructor arguments of feature harmonizer ``method`` from the command line."""
+    from ..harmonize import harmonizer_class
+    from ..harmonize.base import constructor_parameters
+
     params = {
         "reference_site": config.reference_site,
         "min_subjects_per_site": config.min_site_size,
@@ -39,7 +42,31 @@ def harmonizer_params(config, method: str) -> dict:
         params.update(flow=config.flow, epochs=config.epochs, num_threads=config.omp_nthreads)
     elif method == "equivariant-pooling":
         params.update(num_threads=config.omp_nthreads)
+    accepted = constructor_parameters(harmonizer_class(method))
+    params.update({k: v for k, v in config.harmonizer_params.items() if k in accepted})
     return params
+
+
+def check_harmonizer_params(config) -> None:
+    """Refuse ``--harmonizer-param`` keys that none of the chosen harmonizers takes."""
+    from ..errors import UsageError
+    from ..harmonize import harmonizer_class
+    from ..harmonize.base import constructor_parameters
+    from ..harmonize.image_base import image_harmonizer_class
+    from ..harmonize.names import IMAGE_HARMONIZERS
+
+    if not config.harmonizer_params:
+        return
+    accepted = set()
+    for method in config.harmonizer:
+        lookup = image_harmonizer_class if method in IMAGE_HARMONIZERS else harmonizer_class
+        accepted |= set(constructor_parameters(lookup(method)))
+    unknown = sorted(set(config.harmonizer_params) - accepted)
+    if unknown:
+        raise UsageError(
+            f"--harmonizer-param {', '.join(unknown)}: not a parameter of {', '.join(config.harmonizer) or 'any harmonizer (none chosen)'}; "
+            f"choose among {', '.join(sorted(accepted - {'reference_site', 'random_seed'}))}"
+        )
 
 
 def _table_name(config, desc: str) -> str:
@@ -59,14 +86,14 @@ def _write_per_scan(config, group, harmonized, desc, meta) -> list[Path]:
     return written
 
 
-def _fit_and_apply(config, group, out_dir: Path) -> list[Path]:
+def _fit_and_apply(config, methods, group, out_dir: Path) -> list[Path]:
     from ..harmonize import get_harmonizer, load_harmonizer
 
     written = []
     if config.harmonizer_model:
         jobs = [(load_harmonizer(config.harmonizer_model), False)]
     else:
-        jobs = [(get_harmonizer(m, **harmonizer_params(config, m)), True) for m in config.harmonizer]
+        jobs = [(get_harmonizer(m, **harmonizer_params(config, m)), True) for m in methods]
     for harmonizer, fit in jobs:
         method = harmonizer.name
         started = time.monotonic()
@@ -89,7 +116,7 @@ def _fit_and_apply(config, group, out_dir: Path) -> list[Path]:
             or f"Features harmonized with {method} to the reference site",
             "Method": method,
             "ReferenceSite": getattr(harmonizer, "reference_site_", None) or harmonizer.reference_site,
-            "Model": str(model_dir),
+            "Model": _model_reference(config, model_dir),
             "Parameters": harmonizer.get_params(),
             "RandomSeed": config.random_seed,
             "NotHarmonized": group.excluded,
@@ -105,7 +132,92 @@ def _fit_and_apply(config, group, out_dir: Path) -> list[Path]:
     return written
 
 
-def _evaluate(config, group, out_dir: Path) -> Path:
+def image_harmonizer_params(config) -> dict:
+    """Constructor arguments of the image harmonizers from the command line."""
+    return {
+        "reference_site": config.reference_site,
+        "random_seed": config.random_seed,
+        "num_threads": config.omp_nthreads,
+        **config.harmonizer_params,
+    }
+
+
+def write_image(data, like, path: Path, meta: dict) -> Path:
+    """Write a float32 NIfTI on the grid of ``like`` and its JSON sidecar, both atomically."""
+    import nibabel as nb
+    import numpy as np
+
+    header = like.header.copy()
+    header.set_data_dtype(np.float32)
+    img = nb.Nifti1Image(np.asarray(data, dtype=np.float32), like.affine, header)
+    with atomic_path(path) as tmp:
+        img.to_filename(tmp)
+    sidecar = path.with_name(path.name[: -len(".nii.gz")] + ".json")
+    atomic_write_json(sidecar, {"SoftwareVersions": software_versions(), **meta})
+    return path
+
+
+def _model_reference(config, model_dir) -> str:
+    """A BIDS URI of a model inside the output dataset, else its absolute path."""
+    model_dir = Path(model_dir).absolute()
+    if config.output_dir in model_dir.parents:
+        return derivative_bids_uri(model_dir.relative_to(config.output_dir))
+    return str(model_dir)
+
+
+def _harmonize_images(config, methods: list[str], out_dir: Path) -> list[Path]:
+    """Fit (or load) each image harmonizer, then map every template-space scan to the reference site."""
+    import nibabel as nb
+    import numpy as np
+
+    from ..harmonize.image_base import ImageHarmonizer, get_image_harmonizer
+    from ..workflows.group_images import load_group_images
+
+    group = load_group_images(config)
+    scans = group.scans
+    like = nb.load(group.images[0])
+    LOGGER.info("Image harmonization: %d template-space scans (%s) from sites %s", len(scans),
+                "×".join(map(str, scans.shape)), pd.Series(scans.sites).value_counts().to_dict())
+    if config.harmonizer_model:
+        jobs = [(ImageHarmonizer.load(config.harmonizer_model), config.harmonizer_model)]
+    else:
+        jobs = [(get_image_harmonizer(m, **image_harmonizer_params(config)), None) for m in methods]
+    written = []
+    for harmonizer, model_dir in jobs:
+        started = time.monotonic()
+        if model_dir is None:
+            LOGGER.info("Fitting %s (progress below; fit time grows with epochs and slice size)", harmonizer.name)
+            harmonizer.fit(scans)
+            model_dir = harmonizer.save(out_dir / "models" / harmonizer.name)
+        meta = {
+            "Description": f"T1w in template space harmonized with {harmonizer.name} to the reference site",
+            "Method": harmonizer.name,
+            "ReferenceSite": harmonizer.reference_site_,
+            "Model": _model_reference(config, model_dir),
+            "Parameters": harmonizer.get_params(),
+            "RandomSeed": config.random_seed,
+        }
+        done, sites = 0, sorted(set(scans.sites))
+        for site in sites:
+            rows = np.flatnonzero(np.asarray(scans.sites) == site)
+            # A whole site at once: methods that adapt per site (harmonizing-flows) see all its scans.
+            results = harmonizer.transform(scans.subset(rows))
+            for row, (image, info) in zip(rows, results):
+                source, mask = group.images[row], group.masks[row]
+                out = source.with_name(source.name.replace("_desc-preproc_T1w", f"_desc-{harmonizer.desc}_T1w"))
+                sources = [derivative_bids_uri(p.relative_to(config.output_dir)) for p in (source, mask)]
+                written.append(write_image(image, like, out, {**meta, "Sources": sources, "Site": site,
+                                                              "Harmonization": info}))
+            done += len(rows)
+            elapsed = time.monotonic() - started
+            LOGGER.info("%s: %d/%d scans harmonized (site %s done), %.0f s elapsed", harmonizer.name, done,
+                        len(scans), site, elapsed)
+        LOGGER.info("%s done in %.0f s → %d images (*_desc-%s_T1w.nii.gz), model %s", harmonizer.name,
+                    time.monotonic() - started, len(scans), harmonizer.desc, model_dir)
+    return written
+
+
+def _evaluate(config, methods, group, out_dir: Path) -> Path:
     from ..evaluation import evaluate_harmonizers
     from ..harmonize import get_harmonizer
     from ..reports.group import write_group_report
@@ -113,7 +225,7 @@ def _evaluate(config, group, out_dir: Path) -> Path:
     # The evaluation compares harmonized features; pooling returns a representation instead.
     factories = {
         m: (lambda m=m: get_harmonizer(m, **harmonizer_params(config, m)))
-        for m in config.harmonizer if m != "equivariant-pooling"
+        for m in methods if m != "equivariant-pooling"
     }
     covariates = pd.concat([group.ids[["participant_id"]], group.covariates], axis=1)
     LOGGER.info("Evaluating %s leakage-safely (cross-validated; every fold refits)", ", ".join(factories))
@@ -127,12 +239,43 @@ def _evaluate(config, group, out_dir: Path) -> Path:
 
 
 def run_group(config) -> list[Path]:
-    """Build the group table, harmonize it, and (``--evaluate``) compare the methods."""
-    from ..workflows.group import load_group_data
+    """Build the group table, harmonize it, and (``--evaluate``) compare the methods.
+
+    Feature harmonizers work on the ROI tables; image harmonizers (and a saved image model)
+    on the template-space images, independently.
+    """
+    from ..harmonize.base import model_format
+    from ..harmonize.image_base import IMAGE_FORMAT_NAME
+    from ..harmonize.names import IMAGE_HARMONIZERS
 
     started = time.monotonic()
-    group = load_group_data(config)
+    check_harmonizer_params(config)
     out_dir = config.output_dir / "group"
+    image_methods = [m for m in config.harmonizer if m in IMAGE_HARMONIZERS]
+    image_model = bool(config.harmonizer_model) and model_format(config.harmonizer_model) == IMAGE_FORMAT_NAME
+    feature_methods = [m for m in config.harmonizer if m not in IMAGE_HARMONIZERS]
+    written = []
+    if feature_methods or not (image_methods or image_model):
+        written += _run_features(config, feature_methods, out_dir)
+    if image_methods or image_model:
+        written += _harmonize_images(config, image_methods, out_dir)
+    LOGGER.info("Group level done in %.0f s. %s", time.monotonic() - started, _summary(written, config.output_dir))
+    return written
+
+
+def _summary(paths: list[Path], output_dir: Path) -> str:
+    """What was written where: group files by name, per-scan files counted by kind."""
+    group = [str(p.relative_to(output_dir)) for p in paths if p.parent.name != "anat"]
+    per_scan = pd.Series([p.name.split("_desc-")[-1] for p in paths if p.parent.name == "anat"]).value_counts()
+    parts = [f"Written under {output_dir}: {', '.join(group) or 'no group files'}"]
+    parts += [f"{n} per-scan *_desc-{kind} files beside the participant outputs" for kind, n in per_scan.items()]
+    return "; ".join(parts)
+
+
+def _run_features(config, methods: list[str], out_dir: Path) -> list[Path]:
+    from ..workflows.group import load_group_data
+
+    group = load_group_data(config)
     raw = pd.concat([group.ids, group.covariates.drop(columns=group.ids.columns, errors="ignore"), group.features], axis=1)
     written = [
         write_table(raw, out_dir / _table_name(config, "raw"), {
@@ -145,14 +288,10 @@ def run_group(config) -> list[Path]:
     LOGGER.info("Group table: %d scans from %d sites %s → %s", len(raw), len(sites), sites, written[0])
     if group.excluded:
         LOGGER.warning("Not harmonized (zero or constant in some scans): %s", ", ".join(group.excluded))
-    if config.harmonizer or config.harmonizer_model:
-        written += _fit_and_apply(config, group, out_dir)
+    if methods or config.harmonizer_model:
+        written += _fit_and_apply(config, methods, group, out_dir)
     else:
         LOGGER.info("No --harmonizer given: wrote the collected table only.")
-    if config.evaluate and config.harmonizer:
-        written.append(_evaluate(config, group, out_dir))
-    LOGGER.info(
-        "Group level done in %.0f s. Written under %s: %s", time.monotonic() - started, out_dir,
-        ", ".join(str(p.relative_to(out_dir)) for p in written if out_dir in p.parents),
-    )
+    if config.evaluate and methods:
+        written.append(_evaluate(config, methods, group, out_dir))
     return written

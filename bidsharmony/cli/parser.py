@@ -15,7 +15,7 @@ from pathlib import Path
 from .. import __version__
 from ..config import DEFAULT_ATLAS, DEFAULT_TEMPLATE, Config
 from ..errors import EXIT_USAGE
-from ..harmonize.names import HARMONIZERS
+from ..harmonize.names import HARMONIZERS, IMAGE_HARMONIZERS
 
 
 class _BIDSAppParser(argparse.ArgumentParser):
@@ -66,6 +66,18 @@ def _existing_file(value: str) -> Path:
     return path
 
 
+def _harmonizer_param(value: str) -> tuple[str, object]:
+    """``KEY=VALUE`` → ``(key, value)``; the value is read as JSON when it can be (numbers, true)."""
+    key, sep, text = value.partition("=")
+    key = key.strip().replace("-", "_")
+    if not sep or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"{value!r} is not KEY=VALUE (e.g. flow_epochs=40)")
+    try:
+        return key, json.loads(text)
+    except json.JSONDecodeError:
+        return key, text
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the parser of the ``bidsharmony`` command."""
     parser = _BIDSAppParser(
@@ -73,8 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Multi-site brain MRI harmonization as a BIDS App. The participant level "
             "preprocesses each T1w image (N4, brain extraction, registration to a template, "
-            "tissues, atlas ROI volumes); the group level harmonizes the ROI volumes across "
-            "sites."
+            "tissues, atlas ROI volumes); the group level harmonizes the ROI volumes, or the "
+            "template-space images, across sites."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -160,8 +172,16 @@ def build_parser() -> argparse.ArgumentParser:
         "(Manufacturer, ManufacturersModelName, MagneticFieldStrength, InstitutionName)",
     )
     group.add_argument(
-        "--harmonizer", nargs="+", choices=HARMONIZERS, default=[], metavar="METHOD",
-        help=f"harmonization method(s): {', '.join(HARMONIZERS)}",
+        "--harmonizer", nargs="+", choices=HARMONIZERS + IMAGE_HARMONIZERS, default=[], metavar="METHOD",
+        help=f"harmonization method(s) of the ROI features: {', '.join(HARMONIZERS)}; of the "
+        f"template-space images: {', '.join(IMAGE_HARMONIZERS)}",
+    )
+    group.add_argument(
+        "--harmonizer-param", nargs="+", type=_harmonizer_param, default=[], metavar="KEY=VALUE",
+        dest="harmonizer_params",
+        help="constructor argument of the chosen harmonizer(s), e.g. flow_epochs=40 "
+        "slice_size=32 (see the harmonizer's documentation); given to every chosen harmonizer "
+        "that has it",
     )
     group.add_argument("--reference-site", help="site every scan is harmonized to")
     group.add_argument(
@@ -202,4 +222,5 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: list[str] | None = None) -> Config:
     """Parse ``argv`` (default: ``sys.argv[1:]``) into a :class:`~bidsharmony.config.Config`."""
     args = vars(build_parser().parse_args(argv))
+    args["harmonizer_params"] = dict(args["harmonizer_params"])
     return Config(**args)

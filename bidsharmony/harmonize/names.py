@@ -5,3 +5,7 @@ its class. Add a name here only when its harmonizer is implemented and tested.
 """
 
 HARMONIZERS: tuple[str, ...] = ("combat", "combat-gam", "covbat", "equivariant-pooling", "flow-scm")
+"""Harmonizers of feature tables (ROI volumes)."""
+
+IMAGE_HARMONIZERS: tuple[str, ...] = ("blindharmony", "deepscm-image", "harmonizing-flows", "histogram-matching")
+"""Harmonizers of template-space images (see :mod:`bidsharmony.harmonize.image_base`)."""
