@@ -133,6 +133,19 @@ def _library_versions() -> dict:
 
 
 
+def manifest_header(format_name: str, harmonizer) -> dict:
+    """The manifest fields every saved model starts with: format, schema, versions, provenance."""
+    return {
+        "format": format_name,
+        "schema_version": SCHEMA_VERSION,
+        "harmonizer": harmonizer.name,
+        "bidsharmony_version": __version__,
+        "library_versions": _library_versions(),
+        "created": harmonizer.created_,
+        "fit_seconds": round(float(harmonizer.fit_seconds_), 3),
+    }
+
+
 def constructor_parameters(cls) -> list[str]:
     """Keyword arguments of ``cls`` and of its bases' constructors, subclass first."""
     names = []
@@ -341,13 +354,7 @@ class Harmonizer:
 
     def _manifest(self, state: dict) -> dict:
         return _jsonable({
-            "format": FORMAT_NAME,
-            "schema_version": SCHEMA_VERSION,
-            "harmonizer": self.name,
-            "bidsharmony_version": __version__,
-            "library_versions": _library_versions(),
-            "created": self.created_,
-            "fit_seconds": round(float(self.fit_seconds_), 3),
+            **manifest_header(FORMAT_NAME, self),
             "feature_names": self.feature_names_,
             "feature_units": getattr(self, "feature_units_", {}),
             "n_features": len(self.feature_names_),

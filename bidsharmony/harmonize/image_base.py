@@ -32,8 +32,8 @@ import pandas as pd
 
 from .._version import __version__
 from .base import (
-    SCHEMA_VERSION, _jsonable, _library_versions, check_model_destination, constructor_parameters, read_manifest,
-    read_weights, write_model_folder,
+    _jsonable, check_model_destination, constructor_parameters, manifest_header, read_manifest, read_weights,
+    write_model_folder,
 )
 from .errors import HarmonizerInputError, HarmonizerParameterError, ModelFileError, NotFittedError
 
@@ -300,13 +300,7 @@ class ImageHarmonizer:
 
     def _manifest(self, state: dict) -> dict:
         return _jsonable({
-            "format": IMAGE_FORMAT_NAME,
-            "schema_version": SCHEMA_VERSION,
-            "harmonizer": self.name,
-            "bidsharmony_version": __version__,
-            "library_versions": _library_versions(),
-            "created": self.created_,
-            "fit_seconds": round(float(self.fit_seconds_), 3),
+            **manifest_header(IMAGE_FORMAT_NAME, self),
             "grid": {"shape": self.grid_shape_, "affine": self.affine_},
             "sites": self.sites_,
             "site_counts": self.site_counts_,
