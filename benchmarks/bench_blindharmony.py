@@ -102,10 +102,10 @@ def histogram_matching(image, mask, reference_values, n_quantiles=101):
 def lowfrequency(image, mask, model):
     from bidsharmony.harmonize.blindharmony import lowfrequency_replacement
 
-    grid = model.grid_
-    slices = grid.to_slices(image)
+    geometry = model.geometry_
+    slices = geometry.to_slices(image)
     replaced = lowfrequency_replacement(slices, model.mean_slices_, cutoff=0.1)
-    return np.where(mask, grid.from_slices(replaced, image), image)
+    return np.where(mask, geometry.from_slices(replaced, image), image)
 
 
 def scores(image, truth, mask):
@@ -161,7 +161,8 @@ def run_traveling(args):
     import torch
 
     from bidsharmony.datasets import synthetic
-    from bidsharmony.harmonize.blindharmony import BlindHarmony, _normalize
+    from bidsharmony.harmonize.blindharmony import BlindHarmony
+    from bidsharmony.harmonize.image_data import denormalize_intensity, normalize_intensity
     from bidsharmony.harmonize.image_base import ImageSet
 
     torch.set_num_threads(args.threads)
@@ -188,7 +189,6 @@ def run_traveling(args):
     model.fit(ImageSet(images, masks, pd.DataFrame(rows), grid.affine))
     fit_seconds = time.perf_counter() - started
     reference_values = np.concatenate([i[m] for i, m in zip(images, masks)])
-    lo, hi = model.reference_scale_
     results = []
     for k, (scans, mask) in enumerate(travelers):
         target = scans[reference]
@@ -198,7 +198,8 @@ def run_traveling(args):
             started = time.perf_counter()
             harmonized, _ = model.transform_scan(source, mask, site)
             seconds = time.perf_counter() - started
-            outputs = {"source": np.where(mask, _normalize(source, mask)[0] * (hi - lo) + lo, source),
+            outputs = {"source": np.where(mask, denormalize_intensity(normalize_intensity(source, mask)[0],
+                                                                     model.reference_scale_), source),
                        "BlindHarmony": harmonized,
                        "histogram matching": histogram_matching(source, mask, reference_values)}
             for method, image in outputs.items():

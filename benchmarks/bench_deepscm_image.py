@@ -132,7 +132,8 @@ def main(argv=None):
 
     torch.set_num_threads(args.threads)
     from bidsharmony.evaluation.images import psnr_in_mask, ssim_in_mask
-    from bidsharmony.harmonize.deepscm_image import DeepSCMImage, dark_area, intensity_scale, plot_counterfactuals
+    from bidsharmony.harmonize.deepscm_image import DeepSCMImage, dark_area, plot_counterfactuals
+    from bidsharmony.harmonize.image_data import normalize_intensity
 
     scans, reference, kind = load_data(args)
     cov = scans.covariates
@@ -147,7 +148,7 @@ def main(argv=None):
 
     rows, exact, decoder, age_rows = [], [], [], []
     inference = []
-    slab = model.geometry_["slices"]
+    slab = model.geometry_.slice_indices
     for k in range(len(cov)):
         row = cov.iloc[k].to_dict()
         observed = model.counterfactual(scans.images[k], scans.masks[k], row, {})
@@ -168,7 +169,7 @@ def main(argv=None):
         t0 = time.perf_counter()
         harmonized, _ = model.transform_scan(scans.images[k], scans.masks[k], row["site"], row)
         inference.append(time.perf_counter() - t0)
-        linear = linear_to_reference(scans.images[k], scans.masks[k], intensity_scale(scans.images[k], scans.masks[k]),
+        linear = linear_to_reference(scans.images[k], scans.masks[k], normalize_intensity(scans.images[k], scans.masks[k])[1],
                                      model.reference_scale_)
         target, mask = scans.images[ref][..., slab], scans.masks[ref][..., slab] & scans.masks[k][..., slab]
         for method, image in (("raw", scans.images[k]), ("linear", linear), ("deepscm", harmonized)):

@@ -20,7 +20,9 @@ intervened values replace the observed ones and every descendant is recomputed t
 mechanism (``do(a)`` changes ``b``, ``v`` and then ``x``).
 
 What is 2D-only: the model works on ``n_slices`` axial slices through the middle of the brain
-mask (the ventricles), cropped to the brain and resampled to ``slice_size``. A harmonized
+mask (the ventricles), cropped to the brain and resampled to ``slice_size``
+(:class:`~.image_data.SliceGeometry`), intensities scaled to [0, 1] inside the brain
+(:func:`~.image_data.normalize_intensity`). A harmonized
 volume is the input volume with those slices replaced inside the brain mask; every other voxel
 keeps the input's values (and units). Brain and ventricle volumes come from the covariate
 columns ``brain_volume`` / ``ventricle_volume`` when present; otherwise the brain volume is
@@ -37,12 +39,9 @@ import time
 import numpy as np
 import pandas as pd
 
-from . import errors as _errors
-from .errors import HarmonizerParameterError
+from .errors import HarmonizerInputError, HarmonizerParameterError
 from .image_base import ImageHarmonizer, ImageSet, arrays_to_module, module_to_arrays
-
-# the image interface's input error (falls back to the covariate error while it is being added)
-HarmonizerInputError = getattr(_errors, "HarmonizerInputError", _errors.CovariateError)
+from .image_data import SliceGeometry, denormalize_intensity, normalize_intensity
 
 LOGGER = logging.getLogger("bidsharmony")
 
@@ -50,60 +49,11 @@ SCALAR_NODES = ("age", "sex", "site", "brain_volume", "ventricle_volume")
 _LOG_2PI = float(np.log(2 * np.pi))
 
 
-# ---------------------------------------------------------------------- slices and intensities
-def intensity_scale(image, mask, percentiles=(0.5, 99.5)) -> tuple[float, float]:
-    """Robust (lo, hi) intensity of ``image`` inside ``mask``."""
-    lo, hi = np.percentile(np.asarray(image, dtype=np.float64)[mask], percentiles)
-    return float(lo), float(max(hi, lo + 1e-6))
-
-
-def normalize(image, mask, scale) -> np.ndarray:
-    """Min-max to [0, 1] inside the mask (clipped), 0 outside."""
-    lo, hi = scale
-    out = np.clip((np.asarray(image, dtype=np.float32) - lo) / (hi - lo), 0.0, 1.0)
-    return np.where(mask, out, 0.0).astype(np.float32)
-
-
-def _resize(array, shape, order=1):
-    from skimage.transform import resize
-
-    return resize(np.asarray(array, dtype=np.float32), shape, order=order, mode="edge",
-                  anti_aliasing=False, preserve_range=True).astype(np.float32)
-
-
-def slab_geometry(masks, n_slices: int = 1, margin_vox: int = 1) -> dict:
-    """Axial slab through the middle of the brain and the in-plane crop of all masks."""
-    union = np.any(np.stack([np.asarray(m, bool) for m in masks]), axis=0)
-    xs, ys, zs = np.nonzero(union)
-    z_mid = int(round(zs.mean()))
-    start = max(z_mid - n_slices // 2, 0)
-    slices = list(range(start, min(start + n_slices, union.shape[2])))
-    box = [max(int(xs.min()) - margin_vox, 0), min(int(xs.max()) + margin_vox + 1, union.shape[0]),
-           max(int(ys.min()) - margin_vox, 0), min(int(ys.max()) + margin_vox + 1, union.shape[1])]
-    return {"slices": slices, "box": box}
-
-
-def to_slices(volume, geometry, size) -> np.ndarray:
-    """``(n_slices, H, W)`` crops of ``volume`` resampled to ``size``."""
-    x0, x1, y0, y1 = geometry["box"]
-    return np.stack([_resize(volume[x0:x1, y0:y1, k], size) for k in geometry["slices"]])
-
-
-def from_slices(slices, geometry, like, mask) -> np.ndarray:
-    """Paste ``slices`` back into a copy of ``like`` (inside ``mask`` only)."""
-    out = np.array(like, dtype=np.float32, copy=True)
-    x0, x1, y0, y1 = geometry["box"]
-    for slab, k in zip(slices, geometry["slices"]):
-        patch = _resize(slab, (x1 - x0, y1 - y0))
-        inside = np.asarray(mask[x0:x1, y0:y1, k], bool)
-        out[x0:x1, y0:y1, k][inside] = patch[inside]
-    return out
-
-
+# ---------------------------------------------------------------------- volume proxies
 def measure_volumes(image, mask, voxel_volume=1.0, csf_threshold=0.3) -> tuple[float, float]:
     """Brain volume (mask) and a ventricle proxy (dark voxels in the central third), in mm^3."""
     mask = np.asarray(mask, bool)
-    normalized = normalize(image, mask, intensity_scale(image, mask))
+    normalized = normalize_intensity(image, mask)[0]
     idx = np.nonzero(mask)
     central = np.zeros_like(mask)
     bounds = [(int(a.min()), int(a.max()) + 1) for a in idx]
@@ -289,10 +239,9 @@ class DeepSCMImage(ImageHarmonizer):
         return row
 
     def _prepare(self, image, mask, site, covariates):
-        scale = intensity_scale(image, mask)
-        slices = to_slices(normalize(image, mask, scale), self.geometry_, self._size)
-        slice_masks = to_slices(mask.astype(np.float32), self.geometry_, self._size) > 0.5
-        return slices * slice_masks, slice_masks, scale, self._row(image, mask, site, covariates)
+        normalized, scale = normalize_intensity(image, mask)
+        slices, slice_masks = self.geometry_.to_brain_slices(normalized, mask)
+        return slices, slice_masks, scale, self._row(image, mask, site, covariates)
 
     # ------------------------------------------------------------------ fit
     def _fit(self, scans: ImageSet) -> None:
@@ -309,7 +258,9 @@ class DeepSCMImage(ImageHarmonizer):
             raise HarmonizerInputError(f"sex has {len(self.sex_levels_)} levels {self.sex_levels_}; give two")
         while len(self.sex_levels_) < 2:
             self.sex_levels_.append(f"unseen-{len(self.sex_levels_)}")
-        self.geometry_ = slab_geometry(scans.masks, self.n_slices)
+        # the central axial slices (through the ventricles) of every scan's brain
+        self.geometry_ = SliceGeometry.from_masks(scans.masks, axis=2, size=self._size, margin_vox=1,
+                                                  n_slices=self.n_slices)
         slices, masks, rows, scales = [], [], [], []
         for image, mask, (_, cov) in zip(scans.images, scans.masks, covariates.iterrows()):
             s, m, scale, row = self._prepare(np.asarray(image, np.float32), np.asarray(mask, bool), str(cov["site"]),
@@ -321,7 +272,7 @@ class DeepSCMImage(ImageHarmonizer):
         values = self._scalar_values(rows)
         self.scm_.initialise(values)
         x = torch.from_numpy(np.concatenate(slices)[:, None])
-        k = len(self.geometry_["slices"])
+        k = len(self.geometry_.slice_indices)
         params = list(self.scm_.parameters()) + list(self.encoder_.parameters()) + list(self.decoder_.parameters())
         optimizer = torch.optim.Adam(params, lr=self.learning_rate)
         n = x.shape[0]
@@ -430,14 +381,13 @@ class DeepSCMImage(ImageHarmonizer):
         covariates = dict(covariates, site=site)
         cf = self.counterfactual(image, mask, covariates, {"site": self.reference_site_})
         target = self.reference_scale_ if site != self.reference_site_ else cf["scale"]
-        lo, hi = target
-        slab = cf["counterfactual"] * (hi - lo) + lo
-        harmonized = from_slices(slab, self.geometry_, image, mask)
+        slab = denormalize_intensity(cf["counterfactual"], target)
+        harmonized = np.where(mask, self.geometry_.from_slices(slab, image), image)
         inside = cf["slice_mask"]
         info = {
             "Method": "Deep SCM counterfactual do(site = reference) (Pawlowski et al. 2020)",
             "ReferenceSite": self.reference_site_,
-            "ModelledSlices": self.geometry_["slices"],
+            "ModelledSlices": self.geometry_.slice_indices,
             "SliceAxis": "z (axial); other voxels keep the input values",
             "DecoderReconstructionMAE": float(np.abs(cf["reconstruction"] - cf["original"])[inside].mean()),
             "CounterfactualValues": cf["counterfactual_values"],
@@ -446,8 +396,9 @@ class DeepSCMImage(ImageHarmonizer):
 
     # ------------------------------------------------------------------ persistence
     def _get_state(self):
-        state = {"geometry": self.geometry_, "sex_levels": self.sex_levels_, "voxel_volume": self.voxel_volume_,
-                 "reference_scale": self.reference_scale_, "history": list(self.history_)}
+        state = {"geometry": self.geometry_.to_dict(), "sex_levels": self.sex_levels_,
+                 "voxel_volume": self.voxel_volume_, "reference_scale": self.reference_scale_,
+                 "history": list(self.history_)}
         arrays = {}
         arrays.update(module_to_arrays(self.scm_, "scm"))
         arrays.update(module_to_arrays(self.encoder_, "encoder"))
@@ -455,7 +406,7 @@ class DeepSCMImage(ImageHarmonizer):
         return state, arrays
 
     def _set_state(self, state, arrays):
-        self.geometry_ = state["geometry"]
+        self.geometry_ = SliceGeometry.from_dict(state["geometry"])
         self.sex_levels_ = list(state["sex_levels"])
         self.voxel_volume_ = float(state["voxel_volume"])
         self.reference_scale_ = list(state["reference_scale"])

@@ -37,11 +37,7 @@ import numpy as np
 from .errors import HarmonizerInputError, HarmonizerParameterError, TrainingError
 from .image_base import ImageHarmonizer, ImageSet, arrays_to_module, module_to_arrays
 
-try:  # the shared slice helpers of the image harmonizers
-    from .image_data import SliceGeometry, normalize_intensity
-except ImportError:  # pragma: no cover - until image_data.py lands, use BlindHarmony's identical helpers
-    from .blindharmony import _normalize as normalize_intensity
-    from .blindharmony import _SliceGrid as SliceGeometry
+from .image_data import SliceGeometry, denormalize_intensity, normalize_intensity
 
 LOGGER = logging.getLogger("bidsharmony")
 
@@ -263,9 +259,7 @@ class HarmonizingFlows(ImageHarmonizer):
         import torch
 
         normalized, scale = normalize_intensity(image, mask)
-        slices = self.geometry_.to_slices(normalized)
-        brain = self.geometry_.to_slices(mask.astype(np.float32)) > 0.5
-        slices = np.where(brain, slices, 0.0).astype(np.float32)
+        slices, brain = self.geometry_.to_brain_slices(normalized, mask)
         return (normalized, scale, torch.from_numpy(slices)[:, None],
                 torch.from_numpy(brain.astype(np.float32))[:, None])
 
@@ -468,11 +462,10 @@ class HarmonizingFlows(ImageHarmonizer):
         alpha_volume = self.geometry_.from_slices(
             np.broadcast_to(alpha[:, 0].numpy(), beta[:, 0].shape).astype(np.float32), np.ones_like(normalized))
         result = np.clip(alpha_volume * normalized + beta_volume, 0.0, None)
-        lo, hi = self.reference_scale_
-        out = np.where(mask, result * (hi - lo) + lo, image).astype(np.float32)
+        out = np.where(mask, denormalize_intensity(result, self.reference_scale_), image).astype(np.float32)
         info = dict(adaptation)
         info.update({"adaptation": self.adaptation, "bits_per_dim_scan": bits_after,
-                     "alpha_mean": float(alpha.mean()), "source_scale": list(scale), "reference_scale": [lo, hi],
+                     "alpha_mean": float(alpha.mean()), "source_scale": list(scale), "reference_scale": list(self.reference_scale_),
                      "slices_harmonized": int(len(x)), "slice_axis": self.slice_axis})
         return out, info
 
@@ -485,8 +478,7 @@ class HarmonizingFlows(ImageHarmonizer):
         return state, arrays
 
     def _set_state(self, state, arrays):
-        geometry = dict(state["geometry"])
-        self.geometry_ = SliceGeometry(**geometry)
+        self.geometry_ = SliceGeometry.from_dict(state["geometry"])
         self.reference_scale_ = [float(v) for v in state["reference_scale"]]
         self.source_bits_per_dim_ = float(state["source_bits_per_dim"])
         self.flow_history_ = list(state["flow_history"])

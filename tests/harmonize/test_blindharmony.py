@@ -6,10 +6,11 @@ import pytest
 import torch
 
 from bidsharmony.harmonize.blindharmony import (
-    BlindHarmony, _normalize, blind_harmonize_slices, lowfrequency_replacement, normalized_cross_correlation,
+    BlindHarmony, blind_harmonize_slices, lowfrequency_replacement, normalized_cross_correlation,
 )
 from bidsharmony.harmonize.errors import HarmonizerParameterError
 from bidsharmony.harmonize.image_base import ImageHarmonizer, ImageSet
+from bidsharmony.harmonize.image_data import normalize_intensity
 
 torch.set_num_threads(1)
 
@@ -80,7 +81,7 @@ def test_unseen_sites_get_closer_to_the_truth(data, model, site):
     for k in np.flatnonzero(np.asarray(scans.sites) == site):
         image, mask = scans.images[k], scans.masks[k]
         harmonized, info = model.transform_scan(image, mask, site)
-        source = _normalize(image, mask)[0]
+        source = normalize_intensity(image, mask)[0]
         # the reference site stores 1000 × the site-free anatomy, so /1000 is the truth's scale
         gains.append(_psnr(harmonized / 1000.0, truth[k], mask) - _psnr(source, truth[k], mask))
         assert info["ncc_with_source_min"] > 0.95

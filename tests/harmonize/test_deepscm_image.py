@@ -86,14 +86,14 @@ def test_site_intervention_moves_traveling_subjects_toward_reference(fitted):
         ref = np.flatnonzero((cov.participant_id == pid) & (cov.site == "siteA"))[0]
         for k in np.flatnonzero((cov.participant_id == pid) & (cov.site != "siteA")):
             harmonized, info = model.transform_scan(scans.images[k], scans.masks[k], cov.site[k], cov.iloc[k].to_dict())
-            z = model.geometry_["slices"][0]
+            z = model.geometry_.slice_indices[0]
             mask = scans.masks[ref][..., z]
             raw = psnr_in_mask(scans.images[ref][..., z], scans.images[k][..., z], mask)
             new = psnr_in_mask(scans.images[ref][..., z], harmonized[..., z], mask)
             gains.append(new - raw)
             assert info["ReferenceSite"] == "siteA"
             # voxels outside the modelled slab keep the input values
-            others = [s for s in range(harmonized.shape[2]) if s not in model.geometry_["slices"]]
+            others = [s for s in range(harmonized.shape[2]) if s not in model.geometry_.slice_indices]
             np.testing.assert_array_equal(harmonized[..., others], scans.images[k][..., others])
     assert np.mean(gains) > 3.0
 

@@ -22,6 +22,11 @@ import torch
 from torch import nn
 from nflows.transforms.splines.rational_quadratic import unconstrained_rational_quadratic_spline
 
+from .layers import SequentialFlow, squeeze2d, unsqueeze2d
+
+__all__ = ["ActNorm", "GlowStep", "InvertibleConv1x1", "NSFGlow", "RQSplineCoupling", "ResidualBlock",
+           "build_nsf_glow", "squeeze2d", "unsqueeze2d"]
+
 
 class ActNorm(nn.Module):
     """Per-channel affine normalisation, initialised from the first batch it sees.
@@ -160,44 +165,17 @@ class RQSplineCoupling(nn.Module):
         return torch.cat([y_identity, x], dim=1)
 
 
-class GlowStep(nn.Module):
+class GlowStep(SequentialFlow):
     """actnorm → 1×1 conv → RQ spline coupling → 1×1 conv (the NSF-Glow step of BlindHarmony)."""
 
     def __init__(self, channels: int, hidden_channels: int = 32, num_blocks: int = 1, num_bins: int = 8,
                  tail_bound: float = 4.0, generator: torch.Generator | None = None):
-        super().__init__()
-        self.layers = nn.ModuleList([
+        super().__init__([
             ActNorm(channels),
             InvertibleConv1x1(channels, generator),
             RQSplineCoupling(channels, hidden_channels, num_blocks, num_bins, tail_bound),
             InvertibleConv1x1(channels, generator),
         ])
-
-    def forward(self, x, context=None):
-        logdet = x.new_zeros(x.shape[0])
-        for layer in self.layers:
-            x, ld = layer(x)
-            logdet = logdet + ld
-        return x, logdet
-
-    def inverse(self, y, context=None):
-        for layer in reversed(self.layers):
-            y = layer.inverse(y)
-        return y
-
-
-def squeeze2d(x):
-    """(B, C, H, W) → (B, 4C, H/2, W/2), each 2×2 patch into channels."""
-    b, c, h, w = x.shape
-    x = x.reshape(b, c, h // 2, 2, w // 2, 2).permute(0, 1, 3, 5, 2, 4)
-    return x.reshape(b, c * 4, h // 2, w // 2)
-
-
-def unsqueeze2d(x):
-    """Inverse of :func:`squeeze2d`."""
-    b, c, h, w = x.shape
-    x = x.reshape(b, c // 4, 2, 2, h, w).permute(0, 1, 4, 2, 5, 3)
-    return x.reshape(b, c // 4, h * 2, w * 2)
 
 
 class NSFGlow(nn.Module):
