@@ -12,9 +12,9 @@ BlindHarmony is fitted on the training subjects' reference images only (it never
 domain). Every method's output is compared inside the brain with the untransformed image:
 PSNR (peak 1) and SSIM (scikit-image, 3D, data range 1).
 
-Methods: **source** (no harmonization); **BlindHarmony**; **histogram matching** (quantile
-mapping of the scan's in-brain histogram to the pooled training histogram — a stand-in until
-:class:`bidsharmony.harmonize.histogram.HistogramMatching` lands); **low-frequency replacement**
+Methods: **source** (no harmonization); **BlindHarmony**; **histogram matching**
+(:class:`bidsharmony.harmonize.histogram.HistogramMatching`, Nyúl & Udupa's piecewise-linear
+landmark method, standard scale learnt from the same reference scans); **low-frequency replacement**
 (SSIMH-like: the low spatial frequencies of each slice replaced by those of the mean training
 slice, :func:`bidsharmony.harmonize.blindharmony.lowfrequency_replacement`).
 
@@ -25,11 +25,13 @@ site's scans of the single-site subjects; the other sites' scans of the traveler
 harmonized and compared with the same traveler's reference-site scan (PSNR with the peak at
 that scan's 99.5th brain percentile, SSIM on the brain scaled the same way). "source" is the
 scan linearly mapped to the reference site's units (robust min-max onto the reference
-scans' median percentiles), histogram matching maps it onto the pooled reference histogram.
+scans' median percentiles), histogram matching maps its landmarks onto the reference standard scale.
 These are scanner-space grids of one 4 mm geometry, not the template-space outputs of
 ``make_template_scans`` (pending ``bidsharmony.datasets.template_space``).
 
 Run ``python benchmarks/bench_blindharmony.py --help``; the defaults take about 5 minutes on 2 cores.
+``--baselines-only`` skips BlindHarmony (and the low-frequency replacement, which needs its mean
+slices) and runs in well under a minute.
 """
 
 from __future__ import annotations
@@ -66,6 +68,8 @@ def parse_args(argv=None):
     parser.add_argument("--iterations", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument("--baselines-only", action="store_true",
+                        help="only the source and histogram-matching rows (no BlindHarmony fit)")
     parser.add_argument("--output", default="bench_blindharmony.json", help="JSON file of the results")
     return parser.parse_args(argv)
 
@@ -90,13 +94,27 @@ def make_brains(n, seed):
     return brains
 
 
-def histogram_matching(image, mask, reference_values, n_quantiles=101):
-    """Quantile mapping of the in-mask histogram onto the pooled reference histogram."""
-    q = np.linspace(0, 100, n_quantiles)
-    source_q, reference_q = np.percentile(image[mask], q), np.percentile(reference_values, q)
-    out = image.copy()
-    out[mask] = np.interp(image[mask], source_q, reference_q)
-    return out
+def fit_models(args, scans, reference):
+    """BlindHarmony (None with ``--baselines-only``) and histogram matching fitted on ``scans``."""
+    from bidsharmony.harmonize.blindharmony import BlindHarmony
+    from bidsharmony.harmonize.histogram import HistogramMatching
+
+    histogram = HistogramMatching(reference_site=reference).fit(scans)
+    if args.baselines_only:
+        return None, histogram, None
+    model = BlindHarmony(reference_site=reference, epochs=args.epochs, slice_size=args.slice_size, levels=args.levels,
+                         steps_per_level=args.steps_per_level, beta1=args.beta1, alpha=args.alpha,
+                         num_iterations=args.iterations, random_seed=args.seed, num_threads=args.threads)
+    started = time.perf_counter()
+    model.fit(scans)
+    return model, histogram, time.perf_counter() - started
+
+
+def blindharmony_info(model, fit_seconds, n_scans):
+    if model is None:
+        return {"fit_seconds": None, "training_scans": n_scans}
+    return {"fit_seconds": fit_seconds, "training_scans": n_scans, "slices_per_scan": int(len(model.mean_slices_)),
+            "training_slices": int(len(model.mean_slices_) * n_scans), "final_bits_per_dim": model.history_[-1]}
 
 
 def lowfrequency(image, mask, model):
@@ -119,7 +137,6 @@ def scores(image, truth, mask):
 def run(args):
     import torch
 
-    from bidsharmony.harmonize.blindharmony import BlindHarmony
     from bidsharmony.harmonize.image_base import ImageSet
 
     torch.set_num_threads(args.threads)
@@ -128,32 +145,26 @@ def run(args):
     covariates = pd.DataFrame({"participant_id": [f"sub-{k:02d}" for k in range(len(train))], "session_id": "ses-1",
                                "site": "target", "age": 50.0, "sex": "F"})
     scans = ImageSet([1000 * b for b, _ in train], [m for _, m in train], covariates, np.eye(4))
-    model = BlindHarmony(reference_site="target", epochs=args.epochs, slice_size=args.slice_size, levels=args.levels,
-                         steps_per_level=args.steps_per_level, beta1=args.beta1, alpha=args.alpha,
-                         num_iterations=args.iterations, random_seed=args.seed, num_threads=args.threads)
-    started = time.perf_counter()
-    model.fit(scans)
-    fit_seconds = time.perf_counter() - started
-    reference_values = np.concatenate([b[m] for b, m in train])
+    model, histogram, fit_seconds = fit_models(args, scans, "target")
     rows = []
     for domain, transform in DOMAINS.items():
         for k, (truth, mask) in enumerate(test):
             source = minmax(transform(truth), mask)
-            started = time.perf_counter()
-            harmonized, info = model.transform_scan(source, mask, domain)
-            seconds = time.perf_counter() - started
             # the reference site stores 1000 × the normalised image: back to the truth's units
-            outputs = {"source": source, "BlindHarmony": harmonized / 1000.0,
-                       "histogram matching": histogram_matching(source, mask, reference_values),
-                       "low-frequency replacement": lowfrequency(source, mask, model)}
+            outputs = {"source": source, "histogram matching": histogram.transform_scan(source, mask, domain)[0] / 1000.0}
+            seconds, info = None, {}
+            if model is not None:
+                started = time.perf_counter()
+                harmonized, info = model.transform_scan(source, mask, domain)
+                seconds = time.perf_counter() - started
+                outputs.update({"BlindHarmony": harmonized / 1000.0,
+                                "low-frequency replacement": lowfrequency(source, mask, model)})
             for method, image in outputs.items():
                 psnr, ssim = scores(image, truth, mask)
                 rows.append({"domain": domain, "subject": k, "method": method, "psnr": psnr, "ssim": ssim,
                              "seconds": seconds if method == "BlindHarmony" else None,
                              "ncc": info["ncc_with_source"] if method == "BlindHarmony" else None})
-    return pd.DataFrame(rows), {"fit_seconds": fit_seconds, "slices_per_scan": int(len(model.mean_slices_)),
-                                "training_slices": int(len(model.mean_slices_) * len(train)),
-                                "final_bits_per_dim": model.history_[-1]}
+    return pd.DataFrame(rows), blindharmony_info(model, fit_seconds, len(train))
 
 
 def run_traveling(args):
@@ -161,9 +172,8 @@ def run_traveling(args):
     import torch
 
     from bidsharmony.datasets import synthetic
-    from bidsharmony.harmonize.blindharmony import BlindHarmony
-    from bidsharmony.harmonize.image_data import denormalize_intensity, normalize_intensity
     from bidsharmony.harmonize.image_base import ImageSet
+    from bidsharmony.harmonize.image_data import denormalize_intensity, normalize_intensity
 
     torch.set_num_threads(args.threads)
     model_t = synthetic.TemplateModel(resolution=4)
@@ -182,34 +192,31 @@ def run_traveling(args):
             masks.append(anatomy.mask)
             rows.append({"participant_id": subject.participant_id, "session_id": "ses-1", "site": reference,
                          "age": subject.age, "sex": subject.sex})
-    model = BlindHarmony(reference_site=reference, epochs=args.epochs, slice_size=args.slice_size, levels=args.levels,
-                         steps_per_level=args.steps_per_level, beta1=args.beta1, alpha=args.alpha,
-                         num_iterations=args.iterations, random_seed=args.seed, num_threads=args.threads)
-    started = time.perf_counter()
-    model.fit(ImageSet(images, masks, pd.DataFrame(rows), grid.affine))
-    fit_seconds = time.perf_counter() - started
-    reference_values = np.concatenate([i[m] for i, m in zip(images, masks)])
+    model, histogram, fit_seconds = fit_models(args, ImageSet(images, masks, pd.DataFrame(rows), grid.affine),
+                                               reference)
+    # the reference site's units: the median robust range of its scans (what BlindHarmony maps back to)
+    reference_scale = np.median([normalize_intensity(i, m)[1] for i, m in zip(images, masks)], axis=0)
     results = []
     for k, (scans, mask) in enumerate(travelers):
         target = scans[reference]
         peak = np.percentile(target[mask], 99.5)
         for site in (s["name"] for s in sites[1:]):
             source = scans[site]
-            started = time.perf_counter()
-            harmonized, _ = model.transform_scan(source, mask, site)
-            seconds = time.perf_counter() - started
             outputs = {"source": np.where(mask, denormalize_intensity(normalize_intensity(source, mask)[0],
-                                                                     model.reference_scale_), source),
-                       "BlindHarmony": harmonized,
-                       "histogram matching": histogram_matching(source, mask, reference_values)}
+                                                                     reference_scale), source),
+                       "histogram matching": histogram.transform_scan(source, mask, site)[0]}
+            seconds = None
+            if model is not None:
+                started = time.perf_counter()
+                outputs["BlindHarmony"] = model.transform_scan(source, mask, site)[0]
+                seconds = time.perf_counter() - started
             for method, image in outputs.items():
                 psnr, ssim = scores(np.clip(image / peak, 0, 1.5), np.clip(target / peak, 0, 1.5), mask)
                 results.append({"domain": site, "subject": k, "method": method, "psnr": psnr, "ssim": ssim,
                                 "seconds": seconds if method == "BlindHarmony" else None})
-    return pd.DataFrame(results), {"fit_seconds": fit_seconds, "training_scans": len(images),
-                                   "slices_per_scan": int(len(model.mean_slices_)),
-                                   "final_bits_per_dim": model.history_[-1],
-                                   "site_maps": {s["name"]: s["intensity"] for s in sites}}
+    info = blindharmony_info(model, fit_seconds, len(images))
+    info["site_maps"] = {s["name"]: s["intensity"] for s in sites}
+    return pd.DataFrame(results), info
 
 
 def markdown_traveling(results, info):
@@ -220,8 +227,9 @@ def markdown_traveling(results, info):
     for method in results["method"].unique():
         cells = [f"{table.loc[method, ('psnr', d)]:.2f} / {table.loc[method, ('ssim', d)]:.3f}" for d in domains]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    lines += ["", f"BlindHarmony fit on {info['training_scans']} reference scans: {info['fit_seconds']:.0f} s; "
-              f"harmonization {results['seconds'].dropna().mean():.2f} s per volume."]
+    if info["fit_seconds"] is not None:
+        lines += ["", f"BlindHarmony fit on {info['training_scans']} reference scans: {info['fit_seconds']:.0f} s; "
+                  f"harmonization {results['seconds'].dropna().mean():.2f} s per volume."]
     return "\n".join(lines)
 
 
@@ -234,6 +242,8 @@ def markdown(results, info, args, total):
         cells = [f"{table.loc[method, ('psnr', d)]:.2f} / {table.loc[method, ('ssim', d)]:.3f}" for d in domains]
         mean = results[results["method"] == method][["psnr", "ssim"]].mean()
         lines.append(f"| {method} | " + " | ".join(cells) + f" | {mean['psnr']:.2f} / {mean['ssim']:.3f} |")
+    if info["fit_seconds"] is None:
+        return "\n".join(lines + ["", f"Baselines only (no BlindHarmony fit); total {total:.0f} s."])
     per_scan = results["seconds"].dropna()
     lines += ["", f"BlindHarmony fit: {info['fit_seconds']:.0f} s ({info['training_slices']} slices of "
               f"{args.slice_size}², {args.epochs} epochs, final {info['final_bits_per_dim']:.3f} bits/dim); "

@@ -13,11 +13,13 @@ traveler scans) and compared inside the brain with the same subject's reference-
   applied to each output; Dice of CSF / GM / WM against the ground-truth tissues.
 
 Methods: **raw** (the scan min-max normalised inside the brain, mapped to the reference
-site's units), **histogram matching** (:class:`bidsharmony.harmonize.histogram.HistogramMatching`
-when it exists, else the row is skipped), **Harmonizing Flows pretrained** (the harmonizer
-before adaptation) and **Harmonizing Flows** (after the Eq. 6 adaptation).
+site's units), **histogram matching** (:class:`bidsharmony.harmonize.histogram.HistogramMatching`,
+Nyúl & Udupa's landmark method fitted on the same reference scans), **Harmonizing Flows
+pretrained** (the harmonizer before adaptation) and **Harmonizing Flows** (after the Eq. 6
+adaptation).
 
-Run ``python benchmarks/bench_harmonizing_flows.py --help``.
+Run ``python benchmarks/bench_harmonizing_flows.py --help``; ``--baselines-only`` skips the
+Harmonizing Flows fit (raw, histogram matching and the reference-scan rows; under a minute).
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ def parse_args(argv=None):
     parser.add_argument("--adaptation-iterations", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--baselines-only", action="store_true",
+                        help="only the raw, histogram-matching and reference-scan rows (no Harmonizing Flows fit)")
     parser.add_argument("--output", default="bench_harmonizing_flows.json")
     return parser.parse_args(argv)
 
@@ -88,24 +92,10 @@ def fit_segmenter(training, seed):
     return segment
 
 
-def histogram_matching_or_none(training, args):
-    try:
-        from bidsharmony.harmonize.histogram import HistogramMatching
-    except ImportError:
-        return None
-    return HistogramMatching(reference_site=training.sites[0], random_seed=args.seed).fit(training)
+def fit_harmonizing_flows(args, training, reference):
+    """Harmonizing Flows and a copy that skips adaptation (pretrained only), and the fit time."""
+    from bidsharmony.harmonize.harmonizing_flows import HarmonizingFlows
 
-
-def run(args):
-    import torch
-
-    from bidsharmony.evaluation.images import dice_per_label, psnr_in_mask, ssim_in_mask
-    from bidsharmony.harmonize.harmonizing_flows import HarmonizingFlows, normalize_intensity
-    from bidsharmony.harmonize.image_base import ImageSet
-
-    torch.set_num_threads(args.threads)
-    training, travelers, sites = make_data(args)
-    reference = sites[0]["name"]
     model = HarmonizingFlows(reference_site=reference, slice_size=args.slice_size, flow_epochs=args.flow_epochs,
                              harmonizer_epochs=args.harmonizer_epochs,
                              adaptation_iterations=args.adaptation_iterations, random_seed=args.seed,
@@ -116,14 +106,19 @@ def run(args):
     pretrained = HarmonizingFlows(**{**model.get_params(), "adaptation_iterations": 0})
     pretrained.__dict__.update({k: v for k, v in model.__dict__.items() if k.endswith("_")})
     pretrained._fitted, pretrained._adapted = True, {}
-    histogram = histogram_matching_or_none(training, args)
-    segment = fit_segmenter(training, args.seed)
-    lo, hi = model.reference_scale_
+    return model, pretrained, fit_seconds
+
+
+def adapt_per_site(model, pretrained, travelers, sites, affine):
+    """One adaptation per target site on all of its traveler scans (the default "site" mode)."""
+    import torch
+
+    from bidsharmony.harmonize.image_base import ImageSet
+
     adaptation = {}
     for site in (s["name"] for s in sites[1:]):
-        # one adaptation per site on all of its traveler scans (the default "site" mode)
         scans = ImageSet([t[1][site] for t in travelers], [t[2] for t in travelers],
-                         pd.DataFrame({"site": [site] * len(travelers)}), training.affine)
+                         pd.DataFrame({"site": [site] * len(travelers)}), affine)
         started = time.perf_counter()
         for harmonizer in (model, pretrained):
             slices = [harmonizer._slices(i, m) for i, m in zip(scans.images, scans.masks)]
@@ -131,18 +126,44 @@ def run(args):
                                                          torch.cat([s[3] for s in slices]))
             if harmonizer is model:
                 adaptation[site] = {"seconds": time.perf_counter() - started, **model._adapted[site][1]}
+    return adaptation
+
+
+def run(args):
+    import torch
+
+    from bidsharmony.evaluation.images import dice_per_label, psnr_in_mask, ssim_in_mask
+    from bidsharmony.harmonize.histogram import HistogramMatching
+    from bidsharmony.harmonize.image_data import denormalize_intensity, normalize_intensity
+
+    torch.set_num_threads(args.threads)
+    training, travelers, sites = make_data(args)
+    reference = sites[0]["name"]
+    model = pretrained = None
+    fit_seconds, adaptation = None, {}
+    if not args.baselines_only:
+        model, pretrained, fit_seconds = fit_harmonizing_flows(args, training, reference)
+    histogram = HistogramMatching(reference_site=reference).fit(training)
+    segment = fit_segmenter(training, args.seed)
+    # the reference site's units: the median robust range of its scans (Harmonizing Flows' reference_scale_)
+    reference_scale = np.median([normalize_intensity(i, m)[1] for i, m in zip(training.images, training.masks)],
+                                axis=0)
+    if model is not None:
+        adaptation = adapt_per_site(model, pretrained, travelers, sites, training.affine)
     results = []
     for participant, scans, mask, tissues in travelers:
         target = scans[reference]
         for site in (s["name"] for s in sites[1:]):
             source = scans[site]
-            outputs = {"raw": np.where(mask, normalize_intensity(source, mask)[0] * (hi - lo) + lo, source)}
-            if histogram is not None:
-                outputs["histogram matching"] = histogram.transform_scan(source, mask, site)[0]
-            outputs["Harmonizing Flows pretrained"] = pretrained.transform_scan(source, mask, site)[0]
-            started = time.perf_counter()
-            outputs["Harmonizing Flows"] = model.transform_scan(source, mask, site)[0]
-            seconds = time.perf_counter() - started
+            outputs = {"raw": np.where(mask, denormalize_intensity(normalize_intensity(source, mask)[0],
+                                                                   reference_scale), source),
+                       "histogram matching": histogram.transform_scan(source, mask, site)[0]}
+            seconds = None
+            if model is not None:
+                outputs["Harmonizing Flows pretrained"] = pretrained.transform_scan(source, mask, site)[0]
+                started = time.perf_counter()
+                outputs["Harmonizing Flows"] = model.transform_scan(source, mask, site)[0]
+                seconds = time.perf_counter() - started
             for method, image in outputs.items():
                 dice = dice_per_label(tissues[mask], segment(image, mask)[mask], [1, 2, 3])
                 results.append({"site": site, "subject": participant, "method": method,
@@ -155,11 +176,11 @@ def run(args):
         results.append({"site": reference, "subject": participant, "method": "reference scan (upper bound)",
                         "psnr": np.inf, "ssim": 1.0, "dice_csf": dice[1], "dice_gm": dice[2], "dice_wm": dice[3],
                         "seconds": None})
-    info = {"fit_seconds": fit_seconds, "training_scans": len(training), "slices_per_scan": None,
-            "source_bits_per_dim": model.source_bits_per_dim_, "flow_history": model.flow_history_,
-            "harmonizer_history": model.harmonizer_history_, "adaptation": adaptation,
-            "histogram_matching": histogram is not None,
+    info = {"fit_seconds": fit_seconds, "training_scans": len(training), "adaptation": adaptation,
             "site_maps": {s["name"]: s["intensity"] for s in sites}}
+    if model is not None:
+        info.update({"source_bits_per_dim": model.source_bits_per_dim_, "flow_history": model.flow_history_,
+                     "harmonizer_history": model.harmonizer_history_})
     return pd.DataFrame(results), info
 
 
@@ -173,10 +194,11 @@ def markdown(results, info, args, total):
         psnr = "—" if not np.isfinite(row["psnr"]) else f"{row['psnr']:.2f}"
         lines.append(f"| {method} | {psnr} | {row['ssim']:.3f} | {row['dice_csf']:.3f} | {row['dice_gm']:.3f} | "
                      f"{row['dice_wm']:.3f} | {row['dice_mean']:.3f} |")
-    per_site = results[results["method"].isin(["raw", "Harmonizing Flows"])].groupby(["site", "method"])["psnr"].mean()
+    compared = results["method"].isin(["raw", "histogram matching", "Harmonizing Flows"])
+    per_site = results[compared].groupby(["site", "method"], sort=False)["psnr"].mean()
     lines += ["", "PSNR per site: " + "; ".join(f"{s} {m} {v:.2f}" for (s, m), v in per_site.items())]
-    if not info["histogram_matching"]:
-        lines.append("Histogram matching row skipped: bidsharmony.harmonize.histogram is not there yet.")
+    if info["fit_seconds"] is None:
+        return "\n".join(lines + ["", f"Baselines only (no Harmonizing Flows fit); total {total:.0f} s."])
     adaptation = "; ".join(f"{site}: {a['seconds']:.1f} s, {a['adaptation_iterations']} iterations, bpd "
                            f"{a['bits_per_dim_before']:.3f} -> {a['bits_per_dim_after']:.3f} ({a['stopping_reason']})"
                            for site, a in info["adaptation"].items())
