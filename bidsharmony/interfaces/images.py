@@ -36,11 +36,25 @@ def _reject(path, problem: str, fix: str):
     raise InputDataError(f"{Path(path).name}: {problem}; {fix}")
 
 
+def _check_gzip_stream(path) -> None:
+    """Decompress a ``.gz`` file to its end, so that its CRC and length are verified.
+
+    nibabel reads only the bytes the header asks for and never reaches the gzip trailer:
+    garbage inside the compressed stream then decodes into a plausible-looking image that
+    would go through the whole workflow (and can stall the registration on noise).
+    """
+    with gzip.open(os.fspath(path), "rb") as stream:
+        while stream.read(1 << 22):
+            pass
+
+
 def _load(path) -> tuple[nb.Nifti1Image, np.ndarray]:
     """Read header and all voxels, so that truncation shows up here and not later."""
     if not Path(path).is_file():
         _reject(path, "file not found", "check the path and the BIDS dataset")
     try:
+        if os.fspath(path).endswith(".gz"):
+            _check_gzip_stream(path)
         img = nb.load(os.fspath(path))
         if not isinstance(img, (nb.Nifti1Image, nb.Nifti2Image)):
             _reject(path, f"is a {type(img).__name__}, not NIfTI", "convert it to NIfTI (.nii.gz)")
