@@ -44,7 +44,7 @@ def _setup_logging(config: Config) -> Path:
 
 def check_inputs(config: Config) -> None:
     """Everything that can be refused before any work starts, each with its exit code."""
-    from ..utils.bids import check_paths, read_dataset_description, validate_bids
+    from ..utils.bids import check_paths, check_writable, read_dataset_description, validate_bids
 
     if config.analysis_level not in ANALYSIS_LEVELS:
         raise UnknownLevelError(
@@ -56,6 +56,7 @@ def check_inputs(config: Config) -> None:
         read_dataset_description(config.bids_dir)
     else:
         validate_bids(config.bids_dir)
+    check_writable(config.output_dir, config.work_dir)
 
 
 def run(config: Config) -> int:

@@ -95,6 +95,37 @@ def check_paths(bids_dir: Path, output_dir: Path, work_dir: Path | None = None) 
             )
 
 
+def check_writable(output_dir: Path, work_dir: Path | None = None) -> None:
+    """Create the output (and work) folder and prove a file can be written in it.
+
+    Run after the input checks, so a refused dataset leaves no empty output folder. A
+    probe file is created and removed: permission bits alone do not tell (root ignores
+    them; read-only mounts, full quotas and immutable folders do not show in them).
+
+    Raises
+    ------
+    UsageError
+        Naming the folder, why it cannot be written, and the fix.
+    """
+    import tempfile
+
+    for kind, path in (("output", output_dir), ("work", work_dir)):
+        if path is None:
+            continue
+        path = Path(path)
+        if path.exists() and not path.is_dir():
+            raise UsageError(f"the {kind} folder {path} is an existing file; choose a folder path")
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=path, prefix=".bidsharmony-write-test-"):
+                pass
+        except OSError as err:
+            raise UsageError(
+                f"cannot write to the {kind} folder {path} ({err.strerror or type(err).__name__}); "
+                f"choose a writable {kind} folder or fix its permissions"
+            ) from None
+
+
 def load_layout(bids_dir: Path):
     """Index the dataset with PyBIDS, read-only (no database written into it)."""
     from bids import BIDSLayout

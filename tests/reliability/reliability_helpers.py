@@ -76,3 +76,32 @@ def truncated_outputs(folder: Path) -> list[str]:
         except Exception as err:  # noqa: BLE001 - any failure to read is what is looked for
             bad.append(f"{rel} ({type(err).__name__})")
     return bad
+
+
+def write_group_inputs(root: Path, n_per_site=12, n_sites: int = 3, seed: int = 2):
+    """A features-only dataset for the group level: ``participants.tsv`` and ``features.tsv``.
+
+    ``root/bids`` holds ``dataset_description.json`` and ``participants.tsv`` (age, sex,
+    site per participant); ``root/features.tsv`` the ROI-like features of the same
+    participants. Returns ``(bids_dir, features_file, table)`` where ``table`` is the
+    :class:`~bidsharmony.datasets.tabular.FeatureTable` they were written from.
+    """
+    from bidsharmony.datasets.tabular import make_feature_table
+
+    table = make_feature_table(n_per_site=n_per_site, n_sites=n_sites, n_features=4, seed=seed,
+                               nonlinear_effect=0.0)
+    bids = Path(root) / "bids"
+    bids.mkdir(parents=True)
+    (bids / "dataset_description.json").write_text(json.dumps({"Name": "features only", "BIDSVersion": "1.9.0"}))
+    ids = pd.Index(table.features.index, name="participant_id")
+    table.covariates.set_axis(ids).reset_index()[["participant_id", "age", "sex", "site"]].to_csv(
+        bids / "participants.tsv", sep="\t", index=False)
+    features = Path(root) / "features.tsv"
+    table.features.set_axis(ids).reset_index().to_csv(features, sep="\t", index=False)
+    return bids, features, table
+
+
+def group_argv(bids: Path, out: Path, features: Path, *extra) -> list:
+    """The group level on ``features`` with covariates from the dataset's participants.tsv."""
+    return [bids, out, "group", "--skip-bids-validation", "--features", features, "--site-column", "site",
+            "--min-site-size", "5", *extra]
