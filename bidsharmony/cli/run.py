@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import sys
@@ -80,10 +81,34 @@ def run(config: Config) -> int:
 
         run_participant(config)
     else:
+        from ..harmonize.errors import CovariateError, FeatureError
         from .group import run_group
 
-        run_group(config)
+        try:
+            run_group(config)
+        except (CovariateError, FeatureError) as err:
+            raise _naming_group_source(config, err) from None
     return EXIT_OK
+
+
+def _naming_group_source(config: Config, error: BidsharmonyError) -> BidsharmonyError:
+    """Prefix a harmonizer's covariate or feature error with the file the values came from.
+
+    The harmonizers know nothing of files (they take tables), so their messages name columns,
+    codes and sites; the user needs the file to edit as well. Same class, same exit code.
+    """
+    from ..harmonize.errors import CovariateError
+
+    if isinstance(error, CovariateError):
+        source = str(config.covariates or Path(config.bids_dir) / "participants.tsv")
+    else:
+        source = str(config.features or f"the ROI tables under {config.output_dir}")
+    message = str(error)
+    if source in message:
+        return error
+    named = copy.copy(error)
+    named.args = (f"{source}: {message}",)
+    return named
 
 
 def _crash_report(config: Config | None, error: BaseException) -> Path | None:

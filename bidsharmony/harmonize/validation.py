@@ -433,7 +433,7 @@ def check_site_sizes(sites: np.ndarray, min_subjects_per_site: int) -> dict:
         listed = ", ".join(f"{k} ({v})" for k, v in small.items())
         raise NotEnoughSubjectsError(
             f"site(s) {listed} have fewer than {min_subjects_per_site} scans, too few to estimate "
-            "site effects; merge or drop them, or lower min_subjects_per_site"
+            "site effects; merge or drop them, or lower min_subjects_per_site (--min-site-size)"
         )
     if len(sizes) < 2:
         raise NotEnoughSubjectsError(
