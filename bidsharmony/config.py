@@ -87,6 +87,7 @@ class Config:
     harmonizer: list[str] = field(default_factory=list)
     harmonizer_params: dict = field(default_factory=dict)
     reference_site: str | None = None
+    counterfactual: dict = field(default_factory=dict)
     features: Path | None = None
     covariates: Path | None = None
     harmonizer_model: Path | None = None

@@ -47,14 +47,16 @@ def harmonizer_params(config, method: str) -> dict:
     return params
 
 
-def check_harmonizer_params(config) -> None:
-    """Refuse ``--harmonizer-param`` keys that none of the chosen harmonizers takes."""
+def check_group_options(config) -> None:
+    """Refuse ``--harmonizer-param`` keys no chosen harmonizer takes, and ``--counterfactual`` without deep SCM."""
     from ..errors import UsageError
     from ..harmonize import harmonizer_class
     from ..harmonize.base import constructor_parameters
     from ..harmonize.image_base import image_harmonizer_class
     from ..harmonize.names import IMAGE_HARMONIZERS
 
+    if config.counterfactual and "deepscm-image" not in config.harmonizer:
+        raise UsageError("--counterfactual draws deep-SCM counterfactuals: add --harmonizer deepscm-image")
     if not config.harmonizer_params:
         return
     accepted = set()
@@ -212,8 +214,29 @@ def _harmonize_images(config, methods: list[str], out_dir: Path) -> list[Path]:
             elapsed = time.monotonic() - started
             LOGGER.info("%s: %d/%d scans harmonized (site %s done), %.0f s elapsed", harmonizer.name, done,
                         len(scans), site, elapsed)
+        if config.counterfactual and harmonizer.name == "deepscm-image":
+            written += _draw_counterfactuals(config, harmonizer, group, out_dir / "figures")
         LOGGER.info("%s done in %.0f s → %d images (*_desc-%s_T1w.nii.gz), model %s", harmonizer.name,
                     time.monotonic() - started, len(scans), harmonizer.desc, model_dir)
+    return written
+
+
+def _draw_counterfactuals(config, harmonizer, group, figures: Path) -> list[Path]:
+    """One Fig. 5-like PNG per scan: do(site=reference) and each ``--counterfactual`` intervention."""
+    from ..harmonize.deepscm_image import plot_counterfactuals
+
+    scans, written = group.scans, []
+    interventions = {f"do(site={harmonizer.reference_site_})": {"site": harmonizer.reference_site_}}
+    interventions.update({f"do({node}={value})": {node: value} for node, value in config.counterfactual.items()})
+    for k, (_, row) in enumerate(scans.covariates.iterrows()):
+        results = {label: harmonizer.counterfactual(scans.images[k], scans.masks[k], row.to_dict(), do)
+                   for label, do in interventions.items()}
+        stem = group.images[k].name.split("_space-")[0]
+        path = figures / f"{stem}_desc-deepscm_counterfactuals.png"
+        with atomic_path(path) as tmp:
+            plot_counterfactuals(results, tmp)
+        written.append(path)
+    LOGGER.info("Counterfactual figures (%s) of %d scans in %s", ", ".join(interventions), len(scans), figures)
     return written
 
 
@@ -249,7 +272,7 @@ def run_group(config) -> list[Path]:
     from ..harmonize.names import IMAGE_HARMONIZERS
 
     started = time.monotonic()
-    check_harmonizer_params(config)
+    check_group_options(config)
     out_dir = config.output_dir / "group"
     image_methods = [m for m in config.harmonizer if m in IMAGE_HARMONIZERS]
     image_model = bool(config.harmonizer_model) and model_format(config.harmonizer_model) == IMAGE_FORMAT_NAME
@@ -265,10 +288,11 @@ def run_group(config) -> list[Path]:
 
 def _summary(paths: list[Path], output_dir: Path) -> str:
     """What was written where: group files by name, per-scan files counted by kind."""
-    group = [str(p.relative_to(output_dir)) for p in paths if p.parent.name != "anat"]
-    per_scan = pd.Series([p.name.split("_desc-")[-1] for p in paths if p.parent.name == "anat"]).value_counts()
+    per_scan = [p for p in paths if p.parent.name in ("anat", "figures")]
+    group = [str(p.relative_to(output_dir)) for p in paths if p not in per_scan]
+    kinds = pd.Series([f"{p.parent.name}/*_desc-{p.name.split('_desc-')[-1]}" for p in per_scan]).value_counts()
     parts = [f"Written under {output_dir}: {', '.join(group) or 'no group files'}"]
-    parts += [f"{n} per-scan *_desc-{kind} files beside the participant outputs" for kind, n in per_scan.items()]
+    parts += [f"{n} per-scan files {kind}" for kind, n in kinds.items()]
     return "; ".join(parts)
 
 

@@ -78,6 +78,14 @@ def _harmonizer_param(value: str) -> tuple[str, object]:
         return key, text
 
 
+def _intervention(value: str) -> tuple[str, str]:
+    """``NODE=VALUE`` kept as text: ``age=+10`` is relative, ``age=70`` absolute."""
+    node, sep, text = value.partition("=")
+    if not sep or not node.strip() or not text.strip():
+        raise argparse.ArgumentTypeError(f"{value!r} is not NODE=VALUE (e.g. age=+10, sex=F)")
+    return node.strip(), text.strip()
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the parser of the ``bidsharmony`` command."""
     parser = _BIDSAppParser(
@@ -185,6 +193,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     group.add_argument("--reference-site", help="site every scan is harmonized to")
     group.add_argument(
+        "--counterfactual", nargs="+", type=_intervention, default=[], metavar="NODE=VALUE",
+        help="deepscm-image: also draw each scan's counterfactual under each intervention "
+        "(nodes age, sex, site, brain_volume, ventricle_volume; +/- makes it relative, e.g. "
+        "age=+10) with difference maps, in group/figures/",
+    )
+    group.add_argument(
         "--features", type=_existing_file, metavar="FILE",
         help="harmonize an existing feature table (TSV/CSV with participant_id, optional "
         "session_id) instead of the participant level's ROI tables",
@@ -223,4 +237,5 @@ def parse_args(argv: list[str] | None = None) -> Config:
     """Parse ``argv`` (default: ``sys.argv[1:]``) into a :class:`~bidsharmony.config.Config`."""
     args = vars(build_parser().parse_args(argv))
     args["harmonizer_params"] = dict(args["harmonizer_params"])
+    args["counterfactual"] = dict(args["counterfactual"])
     return Config(**args)

@@ -118,3 +118,31 @@ def test_missing_template_images_name_the_fix(dataset, tmp_path, capsys):
                           root / "covariates.tsv", "--output-spaces", f"{SPACE}:res-4",
                           "--harmonizer", "blindharmony"], capsys)
     assert code != 0 and "--output-spaces" in message and "participant level" in message
+
+
+def test_deepscm_image_writes_counterfactual_figures(dataset, tmp_path):
+    root, bids, out, data = dataset
+    work = tmp_path / "deepscm"
+    for path in out.glob("sub-*/**/anat/*_desc-*.nii.gz"):
+        if "desc-preproc_T1w" in path.name or "desc-brain_mask" in path.name:
+            target = work / path.relative_to(out)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(path.read_bytes())
+    code, _ = _run([bids, work, "group", "--skip-bids-validation", "--covariates", root / "covariates.tsv",
+                    "--output-spaces", f"{SPACE}:res-4", "--harmonizer", "deepscm-image", "--reference-site",
+                    "siteA", "--harmonizer-param", "epochs=3", "slice_size=32", "latent_dim=4", "channels=8",
+                    "--counterfactual", "age=+10"])
+    assert code == 0
+    figures = sorted((work / "group" / "figures").glob("*_desc-deepscm_counterfactuals.png"))
+    assert len(figures) == len(data.scans)
+    row = data.scans.covariates.iloc[0]
+    meta = json.loads((work / f"{_scan_stem(row)}_desc-deepscm_T1w.json").read_text())
+    assert meta["Method"] == "deepscm-image" and meta["Parameters"]["epochs"] == 3
+
+
+def test_counterfactual_needs_deepscm(dataset, tmp_path, capsys):
+    root, bids, _, _ = dataset
+    code, message = _run([bids, tmp_path / "o", "group", "--skip-bids-validation", "--covariates",
+                          root / "covariates.tsv", "--harmonizer", "histogram-matching",
+                          "--counterfactual", "age=+10"], capsys)
+    assert code != 0 and "--harmonizer deepscm-image" in message
