@@ -92,3 +92,21 @@ def test_bad_covariates_are_one_line_errors(tables, capsys):
     code, message = _run([bids, root / "bad", "group", "--skip-bids-validation", "--features", root / "features.csv",
                           "--covariates", root / "bad_age.tsv", "--harmonizer", "combat"], capsys)
     assert code == 1 and "age" in message and "sub-003" in message
+
+
+def test_equivariant_pooling_writes_a_representation_with_the_given_parameters(tables, tmp_path):
+    root, bids, data, _ = tables
+    out = tmp_path / "pooled"
+    code, _ = _run([bids, out, "group", "--skip-bids-validation", "--features", root / "features.csv",
+                    "--covariates", root / "covariates.tsv", "--harmonizer", "equivariant-pooling",
+                    "--harmonizer-param", "epochs_stage1=3", "epochs_stage2=2", "latent_dim=4",
+                    "--reference-site", data.reference_site])
+    assert code == 0
+    table = _harmonized(out / "group" / "desc-equivariantpooling_morph.tsv")
+    representation = [c for c in table.columns if c not in ("participant_id", "session_id", "site", "age", "sex",
+                                                           "diagnosis")]
+    assert len(table) == len(data.features) and representation
+    assert not set(representation) & set(data.features.columns)  # a representation, not features
+    assert np.isfinite(table[representation].to_numpy(float)).all()
+    manifest = json.loads((out / "group" / "models" / "equivariant-pooling" / "manifest.json").read_text())
+    assert manifest["hyperparameters"]["epochs_stage1"] == 3 and manifest["hyperparameters"]["latent_dim"] == 4
