@@ -22,7 +22,8 @@ model file cannot execute code). The manifest records:
 ``harmonizer``        registered name (``"combat"``, ``"combat-gam"``, ``"covbat"``, ``"flow-scm"``)
 ``bidsharmony_version``, ``library_versions``, ``created`` (UTC, ISO 8601)
 ``feature_names``     fitted features, in model order; ``feature_units`` from the input
-                      table's ``attrs["units"]`` when given
+                      table's ``attrs["units"]`` when given; ``feature_medians`` (optional)
+                      each feature's median at fit, to refuse data in other units
 ``sites``, ``site_counts``, ``reference_site``
 ``covariates``        ranges seen in fit (age overall and per site, sex counts, extras),
                       sex coding resolved at fit
@@ -251,7 +252,7 @@ class Harmonizer:
 
     # ------------------------------------------------------------------ fit/transform
     def _prepare(self, features, covariates, fitted: bool) -> validation.PreparedData:
-        return validation.prepare(
+        data = validation.prepare(
             features, covariates,
             feature_names=self.feature_names_ if fitted else None,
             known_sites=self.sites_ if fitted else None,
@@ -260,6 +261,10 @@ class Harmonizer:
             require_positive=self._requires_positive_features,
             unknown_site_hint=self._unknown_site_hint if fitted else None,
         )
+        if fitted:  # a fitted model applied to values in other units returns garbage, silently
+            validation.check_feature_units(features, getattr(self, "feature_units_", {}))
+            validation.check_feature_scale(data, getattr(self, "feature_medians_", {}))
+        return data
 
     def fit(self, features: pd.DataFrame, covariates: pd.DataFrame) -> "Harmonizer":
         """Learn the site effects.
@@ -294,6 +299,8 @@ class Harmonizer:
         # units travel with the table (pandas ``attrs["units"]``, e.g. {"Left-Hippocampus": "mm^3"})
         units = features.attrs.get("units") if isinstance(features.attrs.get("units"), dict) else {}
         self.feature_units_ = {str(k): str(v) for k, v in units.items() if str(k) in self.feature_names_}
+        # typical magnitudes, so that data in other units is refused when the model is applied
+        self.feature_medians_ = dict(zip(self.feature_names_, np.median(data.features, axis=0).tolist()))
         self.sites_ = sorted(site_counts)
         self.site_counts_ = site_counts
         self.covariate_summary_ = validation.covariate_summary(data)
@@ -357,6 +364,7 @@ class Harmonizer:
             **manifest_header(FORMAT_NAME, self),
             "feature_names": self.feature_names_,
             "feature_units": getattr(self, "feature_units_", {}),
+            "feature_medians": getattr(self, "feature_medians_", {}),
             "n_features": len(self.feature_names_),
             "sites": self.sites_,
             "site_counts": self.site_counts_,
@@ -428,6 +436,8 @@ class Harmonizer:
             harmonizer.covariate_summary_ = summary
             harmonizer.feature_names_ = [str(f) for f in manifest["feature_names"]]
             harmonizer.feature_units_ = dict(manifest.get("feature_units") or {})
+            # absent from models saved before it was recorded: their scale is not checked
+            harmonizer.feature_medians_ = {str(k): float(v) for k, v in (manifest.get("feature_medians") or {}).items()}
             harmonizer.sites_ = [str(s) for s in manifest["sites"]]
             harmonizer.site_counts_ = dict(manifest.get("site_counts", {}))
             harmonizer.reference_site_ = manifest["reference_site"]

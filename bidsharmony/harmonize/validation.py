@@ -423,6 +423,50 @@ def prepare(features: pd.DataFrame, covariates: pd.DataFrame, *, feature_names=N
     )
 
 
+#: a model refuses data whose typical feature magnitude differs from the fit's by this factor
+MAX_SCALE_RATIO = 3.0
+
+
+def check_feature_units(features: pd.DataFrame, fitted_units: dict) -> None:
+    """Refuse features whose declared units (``attrs["units"]``) differ from the model's."""
+    units = features.attrs.get("units")
+    if not isinstance(units, dict) or not fitted_units:
+        return
+    differ = [f"{name} ({units[name]} vs {fitted})" for name, fitted in fitted_units.items()
+              if name in units and str(units[name]) != str(fitted)]
+    if differ:
+        raise FeatureError(
+            f"feature units differ from those the model was fitted on: {_preview(differ, limit=3)}; "
+            "convert the features to the model's units"
+        )
+
+
+def check_feature_scale(data: PreparedData, fitted_medians: dict) -> None:
+    """Refuse features whose typical magnitude is far from the fit's: other units.
+
+    A unit mix-up (cm³ for mm³, voxel counts for mm³) multiplies *every* feature by one
+    factor, while biology and site move features differently and by far less. So the median,
+    over features, of log(median now / median at fit) is compared with
+    :data:`MAX_SCALE_RATIO`; a few features far off (e.g. ventricles of an old cohort) do not
+    trigger it. Features with a non-positive median (centred or log data) are not compared.
+    """
+    names = [n for n in data.feature_names if fitted_medians.get(n, 0.0) > 0]
+    if not names:
+        return
+    now = np.median(data.features[:, [data.feature_names.index(n) for n in names]], axis=0)
+    before = np.array([fitted_medians[n] for n in names])
+    usable = now > 0
+    if not usable.any():
+        return
+    ratio = float(np.exp(np.median(np.log(now[usable] / before[usable]))))
+    if ratio > MAX_SCALE_RATIO or ratio < 1.0 / MAX_SCALE_RATIO:
+        raise FeatureError(
+            f"the features are typically {ratio:.3g} times the values the model was fitted on "
+            f"(e.g. {names[0]}: median {now[0]:.4g}, at fit {before[0]:.4g}): different units "
+            "(e.g. cm3 vs mm3, voxel counts vs mm3)? convert them to the model's units, or refit"
+        )
+
+
 # ------------------------------------------------------------------------ fit-time checks
 def check_site_sizes(sites: np.ndarray, min_subjects_per_site: int) -> dict:
     """Return ``{site: count}``; raise if a site has fewer than ``min_subjects_per_site`` rows."""
