@@ -50,32 +50,37 @@ def assert_one_line_error(stderr: str, *needles: str) -> str:
     return line
 
 
-def truncated_outputs(folder: Path) -> list[str]:
-    """Outputs under ``folder`` that do not load whole, and temporary files left behind.
+def unreadable_outputs(folder: Path) -> list[str]:
+    """Outputs under ``folder`` (work folder excluded) that do not load whole.
 
-    Every ``.nii.gz``/``.nii`` must load with all voxels, every ``.json`` parse, every ``.tsv``
-    read as a table with at least one row; names of ``atomic_path`` temporaries
-    (``.<name>.<random>.tmp<suffixes>``) must be gone.
+    Every ``.nii.gz``/``.nii`` must load with all its voxels, every ``.json`` parse, every
+    ``.tsv`` read as a table with a row. A visible name holding ``.tmp`` counts as a
+    leftover that looks like an output.
     """
     bad = []
     for path in sorted(Path(folder).rglob("*")):
-        if not path.is_file() or "work" in path.relative_to(folder).parts[:1]:
+        rel = path.relative_to(folder)
+        if not path.is_file() or rel.parts[0] == "work" or any(p.startswith(".") for p in rel.parts):
             continue
-        rel = path.relative_to(folder).as_posix()
         if ".tmp" in path.name:
-            bad.append(f"{rel} (temporary file left behind)")
+            bad.append(f"{rel.as_posix()} (temporary file under a visible name)")
             continue
         try:
             if path.name.endswith((".nii.gz", ".nii")):
                 nb.load(path).get_fdata()
             elif path.suffix == ".json":
                 json.loads(path.read_text())
-            elif path.suffix == ".tsv":
-                if pd.read_csv(path, sep="\t").empty:
-                    bad.append(f"{rel} (no rows)")
+            elif path.suffix == ".tsv" and pd.read_csv(path, sep="\t").empty:
+                bad.append(f"{rel.as_posix()} (no rows)")
         except Exception as err:  # noqa: BLE001 - any failure to read is what is looked for
-            bad.append(f"{rel} ({type(err).__name__})")
+            bad.append(f"{rel.as_posix()} ({type(err).__name__})")
     return bad
+
+
+def hidden_temporaries(folder: Path) -> list[str]:
+    """``atomic_path`` temporaries (``.<name>.<random>.tmp<suffixes>``) left under ``folder``."""
+    return sorted(p.relative_to(folder).as_posix() for p in Path(folder).rglob(".*.tmp*")
+                  if "work" not in p.relative_to(folder).parts[:1])
 
 
 def write_group_inputs(root: Path, n_per_site=12, n_sites: int = 3, seed: int = 2):
