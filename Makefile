@@ -27,7 +27,7 @@ demo: install
 		--nprocs $(NPROCS) --output-spaces MNI152NLin2009aSym:res-2 --reg-quality fast \
 		-w $(DEMO_DIR)/work
 	$(BIN)/bidsharmony $(DEMO_DIR)/data/bids $(DEMO_DIR)/derivatives group \
-		--site-column site --harmonizer combat flow-scm --min-site-size 3 --epochs 50 \
+		--site-column site --harmonizer combat flow-scm histogram-matching --min-site-size 3 --epochs 50 \
 		-w $(DEMO_DIR)/work
 	@echo "Demo outputs: $(DEMO_DIR)/derivatives (reports: $(DEMO_DIR)/derivatives/sub-*.html, group table: $(DEMO_DIR)/derivatives/group/); ground truth: $(DEMO_DIR)/data/ground_truth"
 
