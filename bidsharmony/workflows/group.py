@@ -145,11 +145,13 @@ def read_feature_table(path: Path) -> pd.DataFrame:
 
 
 def _numeric_covariates(covariates: pd.DataFrame, source: Path) -> pd.DataFrame:
-    age = pd.to_numeric(covariates["age"], errors="coerce") if "age" in covariates else None
-    if age is None or age.isna().any():
-        bad = covariates.loc[age.isna(), "participant_id"].tolist()[:5] if age is not None else []
+    if "age" not in covariates:
+        raise BidsharmonyError(f"{source} has no age column; add one (age in years of every participant)")
+    age = pd.to_numeric(covariates["age"], errors="coerce")
+    if age.isna().any():
+        bad = covariates.loc[age.isna(), "participant_id"].tolist()[:5]
         raise BidsharmonyError(
-            f"{source}: age is missing or not a number for {', '.join(bad) or 'every row'}; "
+            f"{source}: age is missing or not a number for {', '.join(bad)}; "
             "give age in years for every participant"
         )
     out = covariates[[c for c in COVARIATE_COLUMNS if c in covariates]].copy()

@@ -110,3 +110,11 @@ def test_equivariant_pooling_writes_a_representation_with_the_given_parameters(t
     assert np.isfinite(table[representation].to_numpy(float)).all()
     manifest = json.loads((out / "group" / "models" / "equivariant-pooling" / "manifest.json").read_text())
     assert manifest["hyperparameters"]["epochs_stage1"] == 3 and manifest["hyperparameters"]["latent_dim"] == 4
+
+
+def test_missing_age_column_names_the_file_and_the_column(tables, capsys):
+    root, bids, _, _ = tables
+    pd.read_csv(root / "covariates.tsv", sep="\t").drop(columns="age").to_csv(root / "no_age.tsv", sep="\t", index=False)
+    code, message = _run([bids, root / "no_age", "group", "--skip-bids-validation", "--features", root / "features.csv",
+                          "--covariates", root / "no_age.tsv", "--harmonizer", "combat"], capsys)
+    assert code == 1 and "no_age.tsv has no age column" in message and len(message.strip().splitlines()) == 1
