@@ -75,14 +75,39 @@ def dark_area(slices, masks, threshold=0.3, central=True) -> np.ndarray:
     return ((slices < threshold) & region).sum(axis=(-2, -1))
 
 
+def _gaussian_log_lik(x, loc, log_scale):
+    """Log-density of ``x`` per slice under the diagonal Gaussian ``h`` (pixels summed)."""
+    import torch
+
+    return (-0.5 * ((x - loc) / torch.exp(log_scale)) ** 2 - log_scale - 0.5 * _LOG_2PI).flatten(1).sum(1)
+
+
 # ---------------------------------------------------------------------- networks
-def _build_networks(size, context_features, latent_dim, channels):
+CONDITIONING = ("input", "all")
+
+
+def _build_networks(size, context_features, latent_dim, channels, conditioning="all", min_log_scale=-6.0):
+    """Encoder ``e(x, pa)`` and decoder ``g(z, pa)`` of the image mechanism.
+
+    ``conditioning="input"`` gives the decoder its parents once (with ``z`` and as maps at the
+    coarsest grid); ``"all"`` concatenates the parent maps again before every later layer, so
+    that the parents reach the full-resolution output directly instead of through ``z``'s path.
+    The log-scale of ``h`` is floored softly at ``min_log_scale``: below it, pixel detail is not
+    worth encoding in ``z`` or in the decoder, and the exact abduction of ``u`` keeps it.
+    """
     import torch
     from torch import nn
 
     h, w = size
     if h % 4 or w % 4:
         raise HarmonizerParameterError(f"slice_size={size}: give sizes divisible by 4 (e.g. 32 or 64)")
+    if conditioning not in CONDITIONING:
+        raise HarmonizerParameterError(f"decoder_conditioning={conditioning!r}: choose from {', '.join(CONDITIONING)}")
+    again = context_features if conditioning == "all" else 0
+
+    def with_maps(tensor, context):
+        maps = context[:, :, None, None].expand(-1, -1, tensor.shape[2], tensor.shape[3])
+        return torch.cat([tensor, maps], dim=1)
 
     class Encoder(nn.Module):
         def __init__(self):
@@ -95,8 +120,7 @@ def _build_networks(size, context_features, latent_dim, channels):
             self.head = nn.Linear(2 * c * (h // 4) * (w // 4) + context_features, 2 * latent_dim)
 
         def forward(self, x, context):
-            maps = context[:, :, None, None].expand(-1, -1, h, w)
-            features = self.conv(torch.cat([x, maps], dim=1)).flatten(1)
+            features = self.conv(with_maps(x, context)).flatten(1)
             mean, log_var = self.head(torch.cat([features, context], dim=1)).chunk(2, dim=1)
             return mean, log_var.clamp(-10, 5)
 
@@ -106,16 +130,19 @@ def _build_networks(size, context_features, latent_dim, channels):
             c = channels
             self.fc = nn.Sequential(nn.Linear(latent_dim + context_features, 2 * c * (h // 4) * (w // 4)),
                                     nn.LeakyReLU(0.1))
-            self.up = nn.Sequential(
-                nn.ConvTranspose2d(2 * c + context_features, c, 4, stride=2, padding=1), nn.LeakyReLU(0.1),
-                nn.ConvTranspose2d(c, c, 4, stride=2, padding=1), nn.LeakyReLU(0.1),
-                nn.Conv2d(c, 2, 3, padding=1))
+            self.up1 = nn.Sequential(nn.ConvTranspose2d(2 * c + context_features, c, 4, stride=2, padding=1),
+                                     nn.LeakyReLU(0.1))
+            self.up2 = nn.Sequential(nn.ConvTranspose2d(c + again, c, 4, stride=2, padding=1), nn.LeakyReLU(0.1))
+            self.out = nn.Conv2d(c + again, 2, 3, padding=1)
 
         def forward(self, z, context):
             grid = self.fc(torch.cat([z, context], dim=1)).view(z.shape[0], 2 * channels, h // 4, w // 4)
-            maps = context[:, :, None, None].expand(-1, -1, h // 4, w // 4)
-            loc, log_scale = self.up(torch.cat([grid, maps], dim=1)).chunk(2, dim=1)
-            return loc, log_scale.clamp(-6, 2)
+            hidden = self.up1(with_maps(grid, context))
+            hidden = self.up2(with_maps(hidden, context) if again else hidden)
+            loc, raw = self.out(with_maps(hidden, context) if again else hidden).chunk(2, dim=1)
+            # soft floor and cap: unlike a clamp they keep gradients, so no pixel gets stuck
+            log_scale = min_log_scale + nn.functional.softplus(raw - min_log_scale)
+            return loc, 2.0 - nn.functional.softplus(2.0 - log_scale)
 
     return Encoder(), Decoder()
 
@@ -130,11 +157,27 @@ class DeepSCMImage(ImageHarmonizer):
         Slices are resampled to ``slice_size x slice_size`` (64 as in the paper).
     n_slices : int
         Axial slices per scan, centred on the brain's middle (through the ventricles).
+    slab : (int, int), optional
+        Instead, the ``[start, stop)`` axial slice indices to model (e.g. where the template's
+        lateral ventricles are); ``n_slices`` is then ignored.
     latent_dim : int
         Dimension of the decoder's high-level noise ``z``.
     channels : int
         Convolution width of encoder and decoder.
     epochs, batch_size, learning_rate : training settings (Adam).
+    kl_weight : float
+        Weight (beta) of the KL term of the ELBO; above 1 squeezes ``z``, so the decoder must
+        take more of the image from its parents (1: the plain ELBO of Eq. 3).
+    kl_warmup : int
+        Epochs over which the KL weight rises linearly from 0 to ``kl_weight`` (0: none).
+    min_log_scale : float
+        Soft floor of the log-scale of the low-level Gaussian ``h``; a higher floor makes pixel
+        detail not worth encoding in ``z`` (the exact abduction of ``u`` keeps it anyway).
+    decoder_conditioning : {"all", "input"}
+        Parents injected before every decoder layer, or only at its input.
+    parent_weight : float
+        Weight of an auxiliary term: the negative log-likelihood of the image under the
+        decoder at the prior mean ``z = 0``, i.e. what the parents alone predict (0: off).
     scalar_flow : str
         Flow of the brain/ventricle mechanisms (see :mod:`bidsharmony.harmonize.scm.flows`).
     csf_threshold : float
@@ -145,18 +188,34 @@ class DeepSCMImage(ImageHarmonizer):
     desc = "deepscm"
     output_description = "T1w slices: deep-SCM counterfactual under do(site = reference)"
 
-    def __init__(self, *, slice_size: int = 64, n_slices: int = 1, latent_dim: int = 16, channels: int = 16,
-                 epochs: int = 200, batch_size: int = 32, learning_rate: float = 1e-3,
+    def __init__(self, *, slice_size: int = 64, n_slices: int = 1, slab=None, latent_dim: int = 16,
+                 channels: int = 16, epochs: int = 200, batch_size: int = 32, learning_rate: float = 1e-3,
+                 kl_weight: float = 1.0, kl_warmup: int = 0, min_log_scale: float = -6.0,
+                 decoder_conditioning: str = "all", parent_weight: float = 0.0,
                  scalar_flow: str = "linear-spline", csf_threshold: float = 0.3,
                  reference_site=None, random_seed=0, num_threads=1):
         super().__init__(reference_site=reference_site, random_seed=random_seed, num_threads=num_threads)
         self.slice_size = int(slice_size)
         self.n_slices = int(n_slices)
+        self.slab = None if slab is None else [int(v) for v in slab]
+        if self.slab is not None and (len(self.slab) != 2 or not 0 <= self.slab[0] < self.slab[1]):
+            raise HarmonizerParameterError(f"slab={slab!r}: give [start, stop) axial slice indices, 0 <= start < stop")
         self.latent_dim = int(latent_dim)
         self.channels = int(channels)
         self.epochs = int(epochs)
         self.batch_size = int(batch_size)
         self.learning_rate = float(learning_rate)
+        self.kl_weight = float(kl_weight)
+        self.kl_warmup = int(kl_warmup)
+        self.min_log_scale = float(min_log_scale)
+        self.decoder_conditioning = str(decoder_conditioning)
+        self.parent_weight = float(parent_weight)
+        if self.kl_weight <= 0 or self.kl_warmup < 0 or self.parent_weight < 0:
+            raise HarmonizerParameterError(f"kl_weight={kl_weight!r}, kl_warmup={kl_warmup!r}, parent_weight="
+                                           f"{parent_weight!r}: give kl_weight > 0 and the others >= 0")
+        if self.decoder_conditioning not in CONDITIONING:
+            raise HarmonizerParameterError(f"decoder_conditioning={decoder_conditioning!r}: choose from "
+                                           f"{', '.join(CONDITIONING)}")
         self.scalar_flow = str(scalar_flow)
         self.csf_threshold = float(csf_threshold)
 
@@ -184,7 +243,8 @@ class DeepSCMImage(ImageHarmonizer):
         ])
         self.scm_ = FlowSCM(graph, context_hidden=(16,), context_features=8)
         self.encoder_, self.decoder_ = _build_networks(self._size, self._context_features, self.latent_dim,
-                                                       self.channels)
+                                                       self.channels, self.decoder_conditioning,
+                                                       self.min_log_scale)
 
     def _sex_code(self, value) -> int:
         key = str(value)
@@ -261,6 +321,10 @@ class DeepSCMImage(ImageHarmonizer):
         # the central axial slices (through the ventricles) of every scan's brain
         self.geometry_ = SliceGeometry.from_masks(scans.masks, axis=2, size=self._size, margin_vox=1,
                                                   n_slices=self.n_slices)
+        if self.slab is not None:
+            if self.slab[1] > scans.shape[2]:
+                raise HarmonizerParameterError(f"slab={self.slab}: the grid has {scans.shape[2]} axial slices")
+            self.geometry_ = SliceGeometry(2, self.slab, self.geometry_.crop, self._size)
         slices, masks, rows, scales = [], [], [], []
         for image, mask, (_, cov) in zip(scans.images, scans.masks, covariates.iterrows()):
             s, m, scale, row = self._prepare(np.asarray(image, np.float32), np.asarray(mask, bool), str(cov["site"]),
@@ -281,12 +345,13 @@ class DeepSCMImage(ImageHarmonizer):
         for epoch in range(self.epochs):
             order = rng.permutation(len(rows))
             total = 0.0
+            beta = self.kl_weight * min(1.0, (epoch + 1) / self.kl_warmup) if self.kl_warmup else self.kl_weight
             for start in range(0, len(rows), self.batch_size):
                 batch = order[start:start + self.batch_size]
                 batch_values = {key: value[batch] for key, value in values.items()}
                 slice_rows = (batch[:, None] * k + np.arange(k)).ravel()
                 loss = self.scm_.nll(batch_values) / (n / len(rows)) + \
-                    self._negative_elbo(x[slice_rows], self._image_context(batch_values, k))
+                    self._negative_elbo(x[slice_rows], self._image_context(batch_values, k), beta)
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
@@ -298,16 +363,21 @@ class DeepSCMImage(ImageHarmonizer):
                             self.history_[-1], spent / (epoch + 1) * (self.epochs - epoch - 1))
         self.scm_.eval(), self.encoder_.eval(), self.decoder_.eval()
 
-    def _negative_elbo(self, x, context):
-        """Negative ELBO per slice (pixels summed), Eq. 3 with a diagonal-Gaussian h."""
+    def _negative_elbo(self, x, context, beta=1.0):
+        """Negative ELBO per slice (pixels summed), Eq. 3 with a diagonal-Gaussian h.
+
+        ``beta`` weighs the KL term; with ``parent_weight`` the loss adds the negative
+        log-likelihood under the decoder at ``z = 0`` (the parents' own prediction).
+        """
         import torch
 
         mean, log_var = self.encoder_(x, context)
         z = mean + torch.exp(0.5 * log_var) * torch.randn_like(mean)
-        loc, log_scale = self.decoder_(z, context)
-        log_lik = (-0.5 * ((x - loc) / torch.exp(log_scale)) ** 2 - log_scale - 0.5 * _LOG_2PI).flatten(1).sum(1)
         kl = 0.5 * (mean ** 2 + log_var.exp() - 1 - log_var).sum(1)
-        return (kl - log_lik).mean()
+        loss = beta * kl - _gaussian_log_lik(x, *self.decoder_(z, context))
+        if self.parent_weight:
+            loss = loss - self.parent_weight * _gaussian_log_lik(x, *self.decoder_(torch.zeros_like(z), context))
+        return loss.mean()
 
     # ------------------------------------------------------------------ counterfactuals
     def _parse_intervention(self, intervention: dict, row: dict) -> dict:
