@@ -136,3 +136,29 @@ def test_measured_volumes_follow_truth():
         brain, ventricles = measure_volumes(anatomy[0] * 700 + 30, anatomy[1])
         assert brain == anatomy[2]
     assert measure_volumes(large[0], large[1])[1] > measure_volumes(small[0], small[1])[1]
+
+
+def test_slab_scale_floor_and_training_options():
+    from bidsharmony.harmonize.errors import HarmonizerParameterError
+
+    scans, _ = _phantom(n_subjects=6, n_traveling=0)
+    model = DeepSCMImage(slice_size=16, slab=[1, 3], latent_dim=2, channels=4, epochs=3, kl_weight=2.0, kl_warmup=2,
+                         min_log_scale=-3.0, decoder_conditioning="input", parent_weight=0.5,
+                         reference_site="siteA").fit(scans)
+    assert model.geometry_.slice_indices == [1, 2]
+    cov = scans.covariates.iloc[4].to_dict()
+    result = model.counterfactual(scans.images[4], scans.masks[4], cov, {})
+    assert result["original"].shape[0] == 2
+    assert np.abs(result["counterfactual"] - result["original"])[result["slice_mask"]].mean() < 1e-5
+    context = model._image_context(model._scalar_values([model._row(scans.images[4], scans.masks[4], cov["site"],
+                                                                    cov)]), 2)
+    with torch.no_grad():
+        _, log_scale = model.decoder_(torch.randn(2, 2) * 3, context)
+    assert log_scale.shape == (2, 1, 16, 16) and float(log_scale.min()) >= -3.0  # the floor holds
+    harmonized, _ = model.transform_scan(scans.images[4], scans.masks[4], cov["site"], cov)
+    np.testing.assert_array_equal(harmonized[..., [0, 3]], scans.images[4][..., [0, 3]])
+    for bad in ({"slab": [3, 1]}, {"kl_weight": 0}, {"decoder_conditioning": "middle"}, {"parent_weight": -1}):
+        with pytest.raises(HarmonizerParameterError, match=next(iter(bad))):
+            DeepSCMImage(**bad)
+    with pytest.raises(HarmonizerParameterError, match="4 axial slices"):
+        DeepSCMImage(slice_size=16, slab=[2, 6], epochs=1, reference_site="siteA").fit(scans)
