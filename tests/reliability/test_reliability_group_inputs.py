@@ -73,7 +73,7 @@ CASES = {
     "age_n/a": (_missing_age, EXIT_ERROR, ("age", "sub-siteA0004", "give age in years")),
     "age_empty": (_empty_age, EXIT_ERROR, ("age", "sub-siteA0004", "give age in years")),
     "age_not_a_number": (_text_age, EXIT_ERROR, ("age", "sub-siteA0004", "give age in years")),
-    "age_column_missing": (_no_age_column, EXIT_ERROR, ("age", "give age in years")),
+    "age_column_missing": (_no_age_column, EXIT_ERROR, ("has no age column", "add one")),
     "unknown_sex_code": (_unknown_sex, EXIT_ERROR, ("'X'", "M/F")),
     "site_with_one_subject": (_lonely_site, EXIT_ERROR, ("siteLonely (1)", "--min-site-size")),
     "participant_row_missing": (_row_missing, EXIT_ERROR, ("sub-siteA0004", "add it")),
