@@ -415,6 +415,9 @@ class HarmonizingFlows(ImageHarmonizer):
             optimizer.step()
             with torch.no_grad():
                 current = self._bits_per_dim(harmonizer(x, brain)[0])
+            if (iterations + 1) % 10 == 0:
+                LOGGER.info("harmonizing-flows adaptation iteration %d/%d: %.4f bits/dim (stops at %.4f)",
+                            iterations + 1, self.adaptation_iterations, current, target)
         harmonizer.eval()
         return harmonizer, {"bits_per_dim_before": before, "bits_per_dim_after": current,
                             "source_bits_per_dim": target, "adaptation_iterations": int(iterations),
