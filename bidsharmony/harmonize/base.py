@@ -160,7 +160,35 @@ def constructor_parameters(cls) -> list[str]:
     return names
 
 
-class Harmonizer:
+class SavedModel:
+    """``save`` shared by the feature and image harmonizers (subclasses give ``_manifest``)."""
+
+    def save(self, path: str | os.PathLike, overwrite: bool = True) -> Path:
+        """Write the fitted model to the folder ``path`` (atomically).
+
+        Parameters
+        ----------
+        path : path-like
+            Folder to create. An existing *model* folder is replaced when ``overwrite``; any
+            other existing, non-empty folder is left alone and an error raised.
+        overwrite : bool
+            Replace an existing model folder.
+
+        Returns
+        -------
+        pathlib.Path
+            The folder written.
+        """
+        self._check_fitted()
+        path = Path(path)
+        check_model_destination(path, overwrite)
+        state, arrays = self._get_state()
+        write_model_folder(path, self._manifest(state), arrays)
+        LOGGER.info("saved %s model to %s", self.name, path)
+        return path
+
+
+class Harmonizer(SavedModel):
     """Base class: fit site effects on a feature table, map rows to a reference site.
 
     Parameters
@@ -374,30 +402,6 @@ class Harmonizer:
             "random_seed": self.random_seed,
             "state": state,
         })
-
-    def save(self, path: str | os.PathLike, overwrite: bool = True) -> Path:
-        """Write the fitted model to the folder ``path`` (atomically).
-
-        Parameters
-        ----------
-        path : path-like
-            Folder to create. An existing *model* folder is replaced when ``overwrite``; any
-            other existing, non-empty folder is left alone and an error raised.
-        overwrite : bool
-            Replace an existing model folder.
-
-        Returns
-        -------
-        pathlib.Path
-            The folder written.
-        """
-        self._check_fitted()
-        path = Path(path)
-        check_model_destination(path, overwrite)
-        state, arrays = self._get_state()
-        write_model_folder(path, self._manifest(state), arrays)
-        LOGGER.info("saved %s model to %s", self.name, path)
-        return path
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Harmonizer":

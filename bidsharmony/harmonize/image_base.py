@@ -32,8 +32,7 @@ import pandas as pd
 
 from .._version import __version__
 from .base import (
-    _jsonable, check_model_destination, constructor_parameters, manifest_header, read_manifest, read_weights,
-    write_model_folder,
+    SavedModel, _jsonable, constructor_parameters, manifest_header, read_manifest, read_weights,
 )
 from .errors import HarmonizerInputError, HarmonizerParameterError, ModelFileError, NotFittedError
 
@@ -144,7 +143,7 @@ def get_image_harmonizer(name: str, **params) -> "ImageHarmonizer":
     return cls(**{k: v for k, v in params.items() if k in accepted})
 
 
-class ImageHarmonizer:
+class ImageHarmonizer(SavedModel):
     """Base class: learn a reference site's appearance, map any scan to it.
 
     Parameters
@@ -309,16 +308,6 @@ class ImageHarmonizer:
             "random_seed": self.random_seed,
             "state": state,
         })
-
-    def save(self, path: str | os.PathLike, overwrite: bool = True) -> Path:
-        """Write the fitted model to the folder ``path`` (atomically)."""
-        self._check_fitted()
-        path = Path(path)
-        check_model_destination(path, overwrite)
-        state, arrays = self._get_state()
-        write_model_folder(path, self._manifest(state), arrays)
-        LOGGER.info("saved %s model to %s", self.name, path)
-        return path
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "ImageHarmonizer":
