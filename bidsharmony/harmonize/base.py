@@ -48,6 +48,7 @@ import shutil
 import tempfile
 import time
 import zipfile
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import ClassVar
@@ -432,7 +433,7 @@ class Harmonizer(SavedModel):
             raise ModelFileError(f"model {path} is a {name!r} model, not a {cls.name or cls.__name__!r} "
                                  "one; load it with Harmonizer.load")
         arrays = read_weights(path, manifest)
-        try:
+        with corrupted_model_errors(path):
             params = dict(manifest["hyperparameters"])
             harmonizer = target(**params)
             harmonizer.sex_coding_ = manifest["covariates"]["sex_coding"]
@@ -442,19 +443,31 @@ class Harmonizer(SavedModel):
             harmonizer.feature_units_ = dict(manifest.get("feature_units") or {})
             # absent from models saved before it was recorded: their scale is not checked
             harmonizer.feature_medians_ = {str(k): float(v) for k, v in (manifest.get("feature_medians") or {}).items()}
-            harmonizer.sites_ = [str(s) for s in manifest["sites"]]
-            harmonizer.site_counts_ = dict(manifest.get("site_counts", {}))
-            harmonizer.reference_site_ = manifest["reference_site"]
-            harmonizer.created_ = manifest.get("created")
-            harmonizer.fit_seconds_ = float(manifest.get("fit_seconds", 0.0))
+            restore_fit_record(harmonizer, manifest)
             harmonizer._set_state(manifest["state"], arrays)
-        except ModelFileError:
-            raise
-        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as error:
-            raise ModelFileError(f"model {path} is corrupted or inconsistent ({type(error).__name__}: "
-                                 f"{str(error).splitlines()[0] if str(error) else ''}); refit the model") from None
         harmonizer._fitted = True
         return harmonizer
+
+
+@contextmanager
+def corrupted_model_errors(path: Path):
+    """Turn the errors of restoring a model from its files into one :class:`ModelFileError`."""
+    try:
+        yield
+    except ModelFileError:
+        raise
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as error:
+        raise ModelFileError(f"model {path} is corrupted or inconsistent ({type(error).__name__}: "
+                             f"{str(error).splitlines()[0] if str(error) else ''}); refit the model") from None
+
+
+def restore_fit_record(harmonizer, manifest: dict) -> None:
+    """Sites, reference site and fit provenance of a saved model, as ``fit`` left them."""
+    harmonizer.sites_ = [str(s) for s in manifest["sites"]]
+    harmonizer.site_counts_ = dict(manifest.get("site_counts", {}))
+    harmonizer.reference_site_ = str(manifest["reference_site"])
+    harmonizer.created_ = manifest.get("created")
+    harmonizer.fit_seconds_ = float(manifest.get("fit_seconds", 0.0))
 
 
 def read_weights(path: Path, manifest: dict) -> dict:

@@ -32,7 +32,8 @@ import pandas as pd
 
 from .._version import __version__
 from .base import (
-    SavedModel, _jsonable, constructor_parameters, manifest_header, read_manifest, read_weights,
+    SavedModel, _jsonable, constructor_parameters, corrupted_model_errors, manifest_header, read_manifest,
+    read_weights, restore_fit_record,
 )
 from .errors import HarmonizerInputError, HarmonizerParameterError, ModelFileError, NotFittedError
 
@@ -325,21 +326,12 @@ class ImageHarmonizer(SavedModel):
         if cls is not ImageHarmonizer and not issubclass(target, cls):
             raise ModelFileError(f"model {path} is a {name!r} model, not a {cls.name!r} one")
         arrays = read_weights(path, manifest)
-        try:
+        with corrupted_model_errors(path):
             harmonizer = target(**dict(manifest["hyperparameters"]))
-            harmonizer.reference_site_ = str(manifest["reference_site"])
-            harmonizer.sites_ = [str(s) for s in manifest["sites"]]
-            harmonizer.site_counts_ = dict(manifest.get("site_counts", {}))
+            restore_fit_record(harmonizer, manifest)
             harmonizer.grid_shape_ = [int(n) for n in manifest["grid"]["shape"]]
             harmonizer.affine_ = np.asarray(manifest["grid"]["affine"], dtype=float)
-            harmonizer.created_ = manifest.get("created")
-            harmonizer.fit_seconds_ = float(manifest.get("fit_seconds", 0.0))
             harmonizer._set_state(manifest["state"], arrays)
-        except ModelFileError:
-            raise
-        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as error:
-            raise ModelFileError(f"model {path} is corrupted or inconsistent ({type(error).__name__}: "
-                                 f"{str(error).splitlines()[0] if str(error) else ''}); refit the model") from None
         harmonizer._fitted = True
         return harmonizer
 
