@@ -19,8 +19,18 @@ recovered exactly by inverting ``h``, the scalar noises exactly by inverting the
 intervened values replace the observed ones and every descendant is recomputed through its
 mechanism (``do(a)`` changes ``b``, ``v`` and then ``x``).
 
+How strongly the image follows its parents: with exact abduction of ``u``, a counterfactual
+changes the image by ``loc(z, new parents) - loc(z, parents)`` (scaled), so the decoder must use
+its parents rather than ``z``. The parents are therefore concatenated as maps before every decoder
+layer (``decoder_conditioning="all"``); on the template-space benchmark this made do(age + 10)
+darken the ventricle region in more scans, and by more, than parents at the input only (clearly
+after short training, modestly after long training). A KL weight above 1, a higher floor of the
+scale of ``h`` and an auxiliary parents-only likelihood (``kl_weight``, ``min_log_scale``,
+``parent_weight``) are available but off by default: they did not help reliably there
+(BENCHMARKS.md).
+
 What is 2D-only: the model works on ``n_slices`` axial slices through the middle of the brain
-mask (the ventricles), cropped to the brain and resampled to ``slice_size``
+mask (the ventricles), or the slices ``slab`` names, cropped to the brain and resampled to ``slice_size``
 (:class:`~.image_data.SliceGeometry`), intensities scaled to [0, 1] inside the brain
 (:func:`~.image_data.normalize_intensity`). A harmonized
 volume is the input volume with those slices replaced inside the brain mask; every other voxel
