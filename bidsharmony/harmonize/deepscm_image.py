@@ -49,7 +49,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from .errors import HarmonizerInputError, HarmonizerParameterError
+from .errors import HarmonizerInputError, HarmonizerParameterError, ModelFileError
 from .image_base import ImageHarmonizer, ImageSet, arrays_to_module, module_to_arrays
 from .image_data import SliceGeometry, denormalize_intensity, normalize_intensity
 
@@ -486,6 +486,10 @@ class DeepSCMImage(ImageHarmonizer):
         return state, arrays
 
     def _set_state(self, state, arrays):
+        if any(key.startswith("decoder.up.") for key in arrays):
+            # the decoder before parents were injected at every level (bidsharmony <= 2026-11-22)
+            raise ModelFileError("this deepscm-image model was saved by an older bidsharmony whose decoder is no "
+                                 "longer supported; refit it with --harmonizer deepscm-image")
         self.geometry_ = SliceGeometry.from_dict(state["geometry"])
         self.sex_levels_ = list(state["sex_levels"])
         self.voxel_volume_ = float(state["voxel_volume"])

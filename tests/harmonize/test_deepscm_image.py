@@ -162,3 +162,13 @@ def test_slab_scale_floor_and_training_options():
             DeepSCMImage(**bad)
     with pytest.raises(HarmonizerParameterError, match="4 axial slices"):
         DeepSCMImage(slice_size=16, slab=[2, 6], epochs=1, reference_site="siteA").fit(scans)
+
+
+def test_model_with_the_old_decoder_is_refused_clearly(fitted, tmp_path):
+    from bidsharmony.harmonize.errors import ModelFileError
+
+    model, _, _ = fitted
+    state, arrays = model._get_state()
+    old = {key.replace("decoder.up1.", "decoder.up."): value for key, value in arrays.items()}
+    with pytest.raises(ModelFileError, match="older bidsharmony"):
+        model._set_state(state, old)
