@@ -454,8 +454,10 @@ def corrupted_model_errors(path: Path):
     """Turn the errors of restoring a model from its files into one :class:`ModelFileError`."""
     try:
         yield
-    except ModelFileError:
-        raise
+    except ModelFileError as error:
+        if str(path) in str(error):
+            raise
+        raise ModelFileError(f"model {path}: {error}") from None
     except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as error:
         raise ModelFileError(f"model {path} is corrupted or inconsistent ({type(error).__name__}: "
                              f"{str(error).splitlines()[0] if str(error) else ''}); refit the model") from None
