@@ -55,8 +55,9 @@ def check_group_options(config) -> None:
     from ..harmonize.image_base import image_harmonizer_class
     from ..harmonize.names import IMAGE_HARMONIZERS
 
-    if config.counterfactual and "deepscm-image" not in config.harmonizer:
-        raise UsageError("--counterfactual draws deep-SCM counterfactuals: add --harmonizer deepscm-image")
+    if config.counterfactual and "deepscm-image" not in config.harmonizer and not config.harmonizer_model:
+        raise UsageError("--counterfactual draws deep-SCM counterfactuals: add --harmonizer deepscm-image "
+                         "(or --harmonizer-model with a saved deepscm-image model)")
     if not config.harmonizer_params:
         return
     accepted = set()
@@ -65,10 +66,9 @@ def check_group_options(config) -> None:
         accepted |= set(constructor_parameters(lookup(method)))
     unknown = sorted(set(config.harmonizer_params) - accepted)
     if unknown:
-        raise UsageError(
-            f"--harmonizer-param {', '.join(unknown)}: not a parameter of {', '.join(config.harmonizer) or 'any harmonizer (none chosen)'}; "
-            f"choose among {', '.join(sorted(accepted - {'reference_site', 'random_seed'}))}"
-        )
+        chosen = ", ".join(config.harmonizer) or "any harmonizer (none chosen; a saved model keeps its own)"
+        choices = ", ".join(sorted(accepted - {"reference_site", "random_seed"})) or "nothing"
+        raise UsageError(f"--harmonizer-param {', '.join(unknown)}: not a parameter of {chosen}; choose among {choices}")
 
 
 def _table_name(config, desc: str) -> str:
@@ -151,6 +151,7 @@ def write_image(data, like, path: Path, meta: dict) -> Path:
 
     header = like.header.copy()
     header.set_data_dtype(np.float32)
+    header.set_slope_inter(None, None)  # float data: the source's int16 scaling must not apply
     img = nb.Nifti1Image(np.asarray(data, dtype=np.float32), like.affine, header)
     with atomic_path(path) as tmp:
         img.to_filename(tmp)
@@ -199,7 +200,7 @@ def _harmonize_images(config, methods: list[str], out_dir: Path) -> list[Path]:
             "Parameters": harmonizer.get_params(),
             "RandomSeed": config.random_seed,
         }
-        done, sites = 0, sorted(set(scans.sites))
+        done, sites, transform_started = 0, sorted(set(scans.sites)), time.monotonic()
         for site in sites:
             rows = np.flatnonzero(np.asarray(scans.sites) == site)
             # A whole site at once: methods that adapt per site (harmonizing-flows) see all its scans.
@@ -211,9 +212,9 @@ def _harmonize_images(config, methods: list[str], out_dir: Path) -> list[Path]:
                 written.append(write_image(image, like, out, {**meta, "Sources": sources, "Site": site,
                                                               "Harmonization": info}))
             done += len(rows)
-            elapsed = time.monotonic() - started
-            LOGGER.info("%s: %d/%d scans harmonized (site %s done), %.0f s elapsed", harmonizer.name, done,
-                        len(scans), site, elapsed)
+            elapsed = time.monotonic() - transform_started
+            LOGGER.info("%s: %d/%d scans harmonized (site %s done) in %.0f s, about %.0f s left",
+                        harmonizer.name, done, len(scans), site, elapsed, elapsed / done * (len(scans) - done))
         if config.counterfactual and harmonizer.name == "deepscm-image":
             written += _draw_counterfactuals(config, harmonizer, group, out_dir / "figures")
         LOGGER.info("%s done in %.0f s → %d images (*_desc-%s_T1w.nii.gz), model %s", harmonizer.name,
