@@ -73,9 +73,10 @@ def _harmonizer_param(value: str) -> tuple[str, object]:
     if not sep or not key.isidentifier():
         raise argparse.ArgumentTypeError(f"{value!r} is not KEY=VALUE (e.g. flow_epochs=40)")
     try:
-        return key, json.loads(text)
+        parsed = json.loads(text)
     except json.JSONDecodeError:
         return key, text
+    return key, text if parsed is None else parsed  # settings are saved as TOML, which has no null
 
 
 def _intervention(value: str) -> tuple[str, str]:

@@ -146,3 +146,24 @@ def test_counterfactual_needs_deepscm(dataset, tmp_path, capsys):
                           root / "covariates.tsv", "--harmonizer", "histogram-matching",
                           "--counterfactual", "age=+10"], capsys)
     assert code != 0 and "--harmonizer deepscm-image" in message
+
+
+def test_every_offered_image_harmonizer_is_registered():
+    from bidsharmony.harmonize.image_base import IMAGE_HARMONIZER_MODULES, image_harmonizer_class
+    from bidsharmony.harmonize.names import IMAGE_HARMONIZERS
+
+    assert set(IMAGE_HARMONIZERS) == set(IMAGE_HARMONIZER_MODULES)
+    assert {image_harmonizer_class(name).name for name in IMAGE_HARMONIZERS} == set(IMAGE_HARMONIZERS)
+
+
+def test_harmonizer_params_are_typed_and_saved_with_the_settings(tmp_path):
+    from bidsharmony.cli.parser import parse_args
+    from bidsharmony.config import Config
+
+    config = parse_args([str(tmp_path / "bids"), str(tmp_path / "out"), "group", "--harmonizer", "blindharmony",
+                         "--harmonizer-param", "epochs=3", "alpha=0.01", "edge-quantile=0.5", "note=null",
+                         "--counterfactual", "age=-5"])
+    assert config.harmonizer_params == {"epochs": 3, "alpha": 0.01, "edge_quantile": 0.5, "note": "null"}
+    assert config.counterfactual == {"age": "-5"}  # relative, kept as text
+    again = Config.from_toml(config.to_toml(tmp_path / "config.toml"))
+    assert again.harmonizer_params == config.harmonizer_params and again.counterfactual == config.counterfactual
