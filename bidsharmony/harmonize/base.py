@@ -162,7 +162,30 @@ def constructor_parameters(cls) -> list[str]:
 
 
 class SavedModel:
-    """``save`` shared by the feature and image harmonizers (subclasses give ``_manifest``)."""
+    """What feature and image harmonizers share: parameters, fitted state, ``save``.
+
+    Subclasses give ``_manifest``, ``_get_state`` and ``_fit_call`` (how to fit them, for errors).
+    """
+
+    _fit_call: ClassVar[str] = "fit(...)"
+
+    def get_params(self) -> dict:
+        """Constructor arguments as a JSON-serialisable dict (stored in the manifest)."""
+        return {name: _jsonable(getattr(self, name)) for name in constructor_parameters(type(self))}
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in sorted(self.get_params().items()))
+        return f"{type(self).__name__}({params})"
+
+    @property
+    def is_fitted(self) -> bool:
+        return self._fitted
+
+    def _check_fitted(self) -> None:
+        if not self._fitted:
+            raise NotFittedError(
+                f"this {type(self).__name__} is not fitted yet; call {self._fit_call} or load a saved model first"
+            )
 
     def save(self, path: str | os.PathLike, overwrite: bool = True) -> Path:
         """Write the fitted model to the folder ``path`` (atomically).
@@ -210,6 +233,7 @@ class Harmonizer(SavedModel):
     persistence live here so every method behaves the same at its edges.
     """
 
+    _fit_call: ClassVar[str] = "fit(features, covariates)"
     name: ClassVar[str] = ""
     #: features must be > 0 (the method log-transforms them)
     _requires_positive_features: ClassVar[bool] = False
@@ -237,25 +261,6 @@ class Harmonizer(SavedModel):
         self.random_seed = validation.check_positive_int("random_seed", random_seed, minimum=0)
         self._fitted = False
 
-    # ------------------------------------------------------------------ parameters
-    def get_params(self) -> dict:
-        """Constructor arguments as a JSON-serialisable dict (stored in the manifest)."""
-        return {name: _jsonable(getattr(self, name)) for name in constructor_parameters(type(self))}
-
-    def __repr__(self) -> str:
-        params = ", ".join(f"{k}={v!r}" for k, v in sorted(self.get_params().items()))
-        return f"{type(self).__name__}({params})"
-
-    @property
-    def is_fitted(self) -> bool:
-        return self._fitted
-
-    def _check_fitted(self) -> None:
-        if not self._fitted:
-            raise NotFittedError(
-                f"this {type(self).__name__} is not fitted yet; call fit(features, covariates) "
-                "or load a saved model first"
-            )
 
     # --------------------------------------------------------------- subclass hooks
     def _extra_covariates(self) -> tuple:

@@ -35,7 +35,7 @@ from .base import (
     SavedModel, _jsonable, constructor_parameters, corrupted_model_errors, manifest_header, read_manifest,
     read_weights, restore_fit_record,
 )
-from .errors import HarmonizerInputError, HarmonizerParameterError, ModelFileError, NotFittedError
+from .errors import HarmonizerInputError, HarmonizerParameterError, ModelFileError
 
 LOGGER = logging.getLogger("bidsharmony")
 
@@ -164,6 +164,7 @@ class ImageHarmonizer(SavedModel):
     with defaults: they are saved as hyper-parameters and passed back on :meth:`load`.
     """
 
+    _fit_call: ClassVar[str] = "fit(scans)"
     name: ClassVar[str] = ""
     #: BIDS ``desc`` label of the harmonized images
     desc: ClassVar[str] = ""
@@ -186,22 +187,6 @@ class ImageHarmonizer(SavedModel):
     @classmethod
     def parameter_names(cls) -> set[str]:
         return set(constructor_parameters(cls))
-
-    def get_params(self) -> dict:
-        """Constructor arguments as a JSON-serialisable dict (stored in the manifest)."""
-        return {name: _jsonable(getattr(self, name)) for name in sorted(self.parameter_names())}
-
-    def __repr__(self) -> str:
-        params = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
-        return f"{type(self).__name__}({params})"
-
-    @property
-    def is_fitted(self) -> bool:
-        return self._fitted
-
-    def _check_fitted(self) -> None:
-        if not self._fitted:
-            raise NotFittedError(f"this {type(self).__name__} is not fitted yet; call fit(scans) or load a saved model")
 
     def _seed(self) -> np.random.Generator:
         """Seed torch (when loaded) and return a NumPy generator, both from ``random_seed``."""
