@@ -187,6 +187,12 @@ class SavedModel:
                 f"this {type(self).__name__} is not fitted yet; call {self._fit_call} or load a saved model first"
             )
 
+    def manifest(self) -> dict:
+        """The JSON manifest of the fitted model (without the weights section)."""
+        self._check_fitted()
+        state, _ = self._get_state()
+        return self._manifest(state)
+
     def save(self, path: str | os.PathLike, overwrite: bool = True) -> Path:
         """Write the fitted model to the folder ``path`` (atomically).
 
@@ -387,12 +393,6 @@ class Harmonizer(SavedModel):
         return self.fit(features, covariates).transform(features, covariates)
 
     # ------------------------------------------------------------------ persistence
-    def manifest(self) -> dict:
-        """The JSON manifest of the fitted model (without the weights section)."""
-        self._check_fitted()
-        state, _ = self._get_state()
-        return self._manifest(state)
-
     def _manifest(self, state: dict) -> dict:
         return _jsonable({
             **manifest_header(FORMAT_NAME, self),

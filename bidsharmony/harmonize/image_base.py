@@ -278,11 +278,6 @@ class ImageHarmonizer(SavedModel):
         ]
 
     # ------------------------------------------------------------------ persistence
-    def manifest(self) -> dict:
-        self._check_fitted()
-        state, _ = self._get_state()
-        return self._manifest(state)
-
     def _manifest(self, state: dict) -> dict:
         return _jsonable({
             **manifest_header(IMAGE_FORMAT_NAME, self),
