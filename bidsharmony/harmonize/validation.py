@@ -109,6 +109,13 @@ def resolve_sex_coding(values: pd.Series, coding="auto"):
     return "labels"
 
 
+def stripped_labels(values: pd.Series) -> pd.Series:
+    """``values.astype(str).str.strip()``, computed once per distinct value (labels repeat)."""
+    codes, uniques = pd.factorize(values, use_na_sentinel=False)
+    cleaned = pd.Index(uniques, dtype=object).astype(str).str.strip().to_numpy(dtype=object)
+    return pd.Series(cleaned[codes], index=values.index, dtype=object)
+
+
 def normalize_sex(values: pd.Series, coding="auto") -> np.ndarray:
     """Convert a ``sex`` column to 0.0 (female) / 1.0 (male).
 
@@ -146,7 +153,7 @@ def normalize_sex(values: pd.Series, coding="auto") -> np.ndarray:
     else:
         # String labels (M/F, male/female) are unambiguous, so they are read under any coding;
         # bare numbers only under the numeric coding resolved at fit time.
-        strings = values.astype(str).str.strip().str.lower()
+        strings = stripped_labels(values).str.lower()
         mapped_labels = strings.map(_STRING_SEX_CODES)
         if coding == "labels":
             mapped_numbers = pd.Series(np.nan, index=values.index)
@@ -345,7 +352,7 @@ def site_array(covariates: pd.DataFrame, known_sites: Sequence[str] | None = Non
     if raw.isna().any():
         rows = list(covariates.index[raw.isna()])
         raise CovariateError(f"covariate 'site' is missing for row(s) {_preview(rows)}")
-    sites = raw.astype(str).str.strip().to_numpy(dtype=object)
+    sites = stripped_labels(raw).to_numpy(dtype=object)
     if known_sites is not None:
         unknown = sorted(set(sites) - set(known_sites))
         if unknown:
@@ -441,6 +448,9 @@ def check_feature_units(features: pd.DataFrame, fitted_units: dict) -> None:
         )
 
 
+_SCALE_CHECK_ROWS = 1000
+
+
 def check_feature_scale(data: PreparedData, fitted_medians: dict) -> None:
     """Refuse features whose typical magnitude is far from the fit's: other units.
 
@@ -453,7 +463,10 @@ def check_feature_scale(data: PreparedData, fitted_medians: dict) -> None:
     names = [n for n in data.feature_names if fitted_medians.get(n, 0.0) > 0]
     if not names:
         return
-    now = np.median(data.features[:, [data.feature_names.index(n) for n in names]], axis=0)
+    # a unit factor shows in any few thousand rows; more would only make the check slow
+    step = max(1, data.n_rows // _SCALE_CHECK_ROWS)
+    columns = [data.feature_names.index(n) for n in names]
+    now = np.median(data.features[::step][:, columns], axis=0)
     before = np.array([fitted_medians[n] for n in names])
     usable = now > 0
     if not usable.any():

@@ -261,7 +261,7 @@ class EquivariantPooling(Harmonizer):
                 mean, scale = float(values.mean()), float(values.std()) or 1.0
                 return ({"name": self.target, "kind": "regression", "mean": mean, "scale": scale},
                         (values - mean) / scale)
-            labels = raw.astype(str).str.strip().to_numpy()
+            labels = validation.stripped_labels(raw).to_numpy()
         classes, codes = np.unique(labels, return_inverse=True)
         if len(classes) < 2:
             raise CovariateError(f"target {self.target!r} has a single value ({classes[0]!r}) in the data: "

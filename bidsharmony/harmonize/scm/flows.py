@@ -37,7 +37,7 @@ from nflows.transforms import made as made_module
 from nflows.transforms.base import CompositeTransform, Transform
 from nflows.transforms.permutations import ReversePermutation
 
-from . import splines
+from . import kernels, splines
 
 FLOWS = ("affine", "linear-spline", "quadratic-spline")
 ARCHITECTURES = ("elementwise", "autoregressive")
@@ -236,30 +236,26 @@ class ConditionalElementwiseTransform(Transform):
         return outputs, logabsdet.sum(dim=-1)
 
     @torch.no_grad()
-    def map_numpy(self, values: np.ndarray, context=None, inverse: bool = False) -> np.ndarray:
-        """:meth:`map` on a NumPy array (counterfactual transport; no autograd).
+    def map_compiled(self, values: np.ndarray, context=None, inverse: bool = False) -> np.ndarray:
+        """:meth:`map` for counterfactual transport (no autograd), returned as NumPy.
 
-        The context network and heads run in torch; the element-wise arithmetic, softplus and
-        splines in NumPy, whose float64 transcendental functions are 2-4x faster on CPU.
+        The context network, heads and softplus run vectorised in torch, the affine step and
+        splines in one compiled pass per element (:func:`~.kernels.elementwise_map`).
         """
         n = values.shape[0]
         if self.affine_head is None:
-            params = self.free_affine.detach().numpy()[None]
+            params = self.free_affine.expand(n, -1, -1)
         else:
-            params = self.affine_head(context).view(n, self.features, 2).numpy()
-        loc, raw_scale = params[..., 0], params[..., 1]
-        # softplus as torch computes it (linear above 20)
-        scale = np.where(raw_scale > 20, raw_scale, np.log1p(np.exp(np.minimum(raw_scale, 20)))) + _SCALE_FLOOR
-        if not inverse:
-            outputs = (values - loc) / scale
-        else:
-            outputs = values
+            params = self.affine_head(context).view(n, self.features, 2)
+        # softplus is ~3x slower on a strided view than on a copy; the compiled loop reads
+        # the (strided) location in place
+        scale = F.softplus(params[..., 1].contiguous()).add_(_SCALE_FLOOR)
+        table, which = None, None
         if self.spline:
             table, which = self._table(context, n)
-            outputs, _ = splines.evaluate_levels_numpy(
-                self.spline, outputs, table.numpy(), None if which is None else which.numpy(),
-                inverse, self.tail_bound, logabsdet=False)
-        return outputs * scale + loc if inverse else outputs
+            table, which = table.numpy(), None if which is None else which.numpy()
+        return kernels.elementwise_map(self.spline, values, params[..., 0].numpy(), scale.numpy(),
+                                       table, which, inverse, self.tail_bound)
 
     def map(self, inputs, context=None, inverse: bool = False):
         """``forward`` or ``inverse`` values without the log-determinant (counterfactuals).

@@ -285,12 +285,12 @@ class FlowMechanism(Mechanism):
         """Counterfactual of one node: abduction with ``context``, prediction with ``new_context``.
 
         Equal to ``predict(abduct(value, context), new_context)`` but skips the unconditional
-        trailing layers, which cancel; element-wise layers run in NumPy, values only
-        (:meth:`_transport_numpy`).
+        trailing layers, which cancel; element-wise layers run compiled, values only
+        (:meth:`_transport_compiled`).
         """
         layers = self._conditional_layers()
         if layers and all(isinstance(layer, flows.ConditionalElementwiseTransform) for layer in layers):
-            return self._transport_numpy(value, context, new_context, layers)
+            return self._transport_compiled(value, context, new_context, layers)
         latent, _ = self.normalise(value)
         embedded = self.embed(context)
         for layer in layers:
@@ -307,15 +307,14 @@ class FlowMechanism(Mechanism):
         return self.denormalise(latent)
 
     @torch.no_grad()
-    def _transport_numpy(self, value, context, new_context, layers):
-        """:meth:`transport` through element-wise layers, the arithmetic in NumPy.
+    def _transport_compiled(self, value, context, new_context, layers):
+        """:meth:`transport` through element-wise layers with compiled kernels.
 
         The context network runs once when the intervention leaves its inputs unchanged (an
-        additive site is not one of them).
+        additive site is not one of them); logarithms and exponentials run vectorised in torch.
         """
-        shift, scale = self.shift.numpy(), self.scale.numpy()
-        logged = np.log(value.numpy()) if self.log_transform else value.numpy()
-        latent = (logged - shift) / scale
+        logged = torch.log(value) if self.log_transform else value
+        latent = ((logged - self.shift) / self.scale).numpy()
         embedded = self.embed(context)
         if (self.context_net is not None and context is not None and new_context is not None
                 and torch.equal(context[:, self.network_columns], new_context[:, self.network_columns])):
@@ -323,11 +322,11 @@ class FlowMechanism(Mechanism):
         else:
             new_embedded = self.embed(new_context)
         for layer in layers:
-            latent = layer.map_numpy(latent, embedded)
+            latent = layer.map_compiled(latent, embedded)
         for layer in reversed(layers):
-            latent = layer.map_numpy(latent, new_embedded, inverse=True)
-        logged = latent * scale + shift
-        return torch.from_numpy(np.exp(logged) if self.log_transform else logged)
+            latent = layer.map_compiled(latent, new_embedded, inverse=True)
+        logged = torch.from_numpy(latent) * self.scale + self.shift
+        return torch.exp(logged) if self.log_transform else logged
 
     def sample_noise(self, n, generator=None):
         return torch.randn((n, self.dim), generator=generator, dtype=self.shift.dtype)
