@@ -20,6 +20,19 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 
+def node_seconds(work_dir: Path) -> dict:
+    """Run time of every node that ran, from Nipype's result files in the work directory."""
+    from nipype.utils.filemanip import load_resultfile
+
+    times = {}
+    for result in sorted(work_dir.rglob("result_*.pklz")):
+        runtime = getattr(load_resultfile(result), "runtime", None)
+        duration = getattr(runtime, "duration", None)
+        if duration is not None:
+            times[result.parent.name] = times.get(result.parent.name, 0.0) + float(duration)
+    return times
+
+
 def run_one(resolution: float, out: Path, args) -> dict:
     from bidsharmony.datasets.synthetic import make_dataset
     from bidsharmony.datasets.truth import score_participant_outputs
@@ -39,6 +52,7 @@ def run_one(resolution: float, out: Path, args) -> dict:
     peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     scores = score_participant_outputs(root / "out", dataset.truth_dir).iloc[0]
     return {
+        "nodes": node_seconds(root / "work"),
         "resolution": f"{resolution:g} mm (template res-{template_res})",
         "wall_s": wall,
         # ru_maxrss is the largest single process; the run's processes are sequential.
@@ -54,6 +68,7 @@ def main(argv=None) -> None:
     parser.add_argument("--reg-quality", choices=("fast", "standard"), default="standard")
     parser.add_argument("--omp-nthreads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--node-times", type=int, default=8, help="list this many slowest nodes")
     args = parser.parse_args(argv)
     os.environ.setdefault("NIPYPE_NO_ET", "1")
     os.environ.setdefault("TEMPLATEFLOW_HOME", str(args.out / "templateflow"))
@@ -66,6 +81,14 @@ def main(argv=None) -> None:
     for r in rows:
         print(f"| {r['resolution']} | {r['wall_s']:.0f} | {r['peak_gb']:.2f} | {r['mask_dice']:.3f} | {r['CSF_dice']:.3f} | "
               f"{r['GM_dice']:.3f} | {r['WM_dice']:.3f} | {r['median_abs_roi_volume_error_pct']:.1f} | {r['ICV_error_pct']:+.1f} |")
+    for r in rows:
+        slowest = sorted(r["nodes"].items(), key=lambda item: -item[1])[:args.node_times]
+        if slowest:
+            print(f"\nSlowest nodes at {r['resolution']} (Nipype runtime; the rest is start-up, "
+                  "scheduling and the nodes not listed):\n")
+            print("| node | s |\n|---|---|")
+            for node, seconds in slowest:
+                print(f"| {node} | {seconds:.1f} |")
 
 
 if __name__ == "__main__":

@@ -68,12 +68,17 @@ class FlowSCM(nn.Module):
     def n_rows(values: dict) -> int:
         return next(iter(values.values())).shape[0]
 
-    def initialise(self, values: dict) -> None:
-        """Data-dependent constants (normalisations, initial logits) before training."""
+    def initialise(self, values: dict, nodes=None) -> None:
+        """Data-dependent constants (normalisations, initial logits) before training.
+
+        ``nodes`` (default all) limits it to some mechanisms; their parents must have been
+        initialised already.
+        """
         with torch.no_grad():
             for name, mechanism in self.mechanisms.items():
-                # parents are initialised first (topological order): their encodings are final
-                mechanism.initialise(values[name], self.parent_context(values, name))
+                if nodes is None or name in nodes:
+                    # parents are initialised first (topological order): their encodings are final
+                    mechanism.initialise(values[name], self.parent_context(values, name))
 
     def _broadcast(self, name: str, value, n: int) -> torch.Tensor:
         """An intervention value as a tensor of the node's shape for ``n`` rows."""
@@ -87,16 +92,14 @@ class FlowSCM(nn.Module):
         return tensor.reshape(n, mechanism.dim)
 
     # ------------------------------------------------------------------ association
-    def log_prob(self, values: dict) -> dict:
-        """Per-node ``log p(x_k | pa_k)``, each of shape ``(n,)``."""
+    def log_prob(self, values: dict, nodes=None) -> dict:
+        """Per-node ``log p(x_k | pa_k)`` of ``nodes`` (default all), each of shape ``(n,)``."""
         return {name: mechanism.log_prob(values[name], self.parent_context(values, name))
-                for name, mechanism in self.mechanisms.items()}
+                for name, mechanism in self.mechanisms.items() if nodes is None or name in nodes}
 
     def nll(self, values: dict, nodes=None) -> torch.Tensor:
         """Mean negative joint log-likelihood per row (over ``nodes``, default all)."""
-        log_probs = self.log_prob(values)
-        nodes = list(log_probs) if nodes is None else list(nodes)
-        return -torch.stack([log_probs[n] for n in nodes]).sum(dim=0).mean()
+        return -torch.stack(list(self.log_prob(values, nodes).values())).sum(dim=0).mean()
 
     # ------------------------------------------------------------------ counterfactuals
     def abduct(self, values: dict, nodes=None, generator=None) -> dict:
