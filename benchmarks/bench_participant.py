@@ -22,7 +22,7 @@ from pathlib import Path
 
 def node_seconds(work_dir: Path) -> dict:
     """Run time of every node that ran, from Nipype's result files in the work directory."""
-    from nipype.utils.filemanip import load_resultfile
+    from nipype.pipeline.engine.utils import load_resultfile
 
     times = {}
     for result in sorted(work_dir.rglob("result_*.pklz")):

@@ -81,7 +81,7 @@ class Config:
     output_spaces: list[str] = field(default_factory=lambda: [DEFAULT_TEMPLATE])
     atlas: str = DEFAULT_ATLAS
     reg_quality: str = "standard"
-    n4_shrink_factor: int = 4
+    n4_shrink_factor: int | None = None  # None: from the voxel size
     derivatives: list[Path] = field(default_factory=list)
     site_column: str | None = None
     harmonizer: list[str] = field(default_factory=list)

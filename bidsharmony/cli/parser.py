@@ -160,8 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="registration iterations: fast for tests and previews",
     )
     anat.add_argument(
-        "--n4-shrink-factor", type=_positive_int, default=4,
-        help="N4 bias correction shrink factor (1 is full resolution and slow)",
+        "--n4-shrink-factor", type=_positive_int,
+        help="N4 bias correction shrink factor (1 is full resolution and slow; default: 4, "
+        "or more on voxels finer than 1.5 mm, so that N4 fits on a grid of at least 6 mm)",
     )
     anat.add_argument(
         "--derivatives", type=Path, nargs="+", metavar="PATH",

@@ -29,7 +29,9 @@ def boilerplate(config) -> str:
         f"Anatomical images were preprocessed with bidsharmony {v['bidsharmony']} "
         f"(Nipype {v.get('nipype', '?')}, ANTsPy {v.get('antspyx', '?')}). Each T1-weighted "
         "image was reoriented to RAS and corrected for intensity non-uniformity with N4 "
-        f"(shrink factor {config.n4_shrink_factor}). The brain was extracted by registering "
+        + (f"(shrink factor {config.n4_shrink_factor}). " if config.n4_shrink_factor
+           else "(fitted on a grid of at least 6 mm). ")
+        + "The brain was extracted by registering "
         f"the image to the brain template {config.template} (res-{config.template_resolution}) "
         "and warping the template's brain mask back, refined by a tissue classification. The "
         "same registration (rigid, affine, then symmetric normalization, SyN, with Mattes "
@@ -37,7 +39,7 @@ def boilerplate(config) -> str:
         "template for spatial normalization and the atlas to native space. Brain tissue was "
         "segmented into CSF, grey and white matter with Atropos, using the template's tissue "
         f"probability maps as priors. The {config.atlas_name} atlas was warped to native space "
-        "with label interpolation, and regional volumes (mm³) were measured on hard labels "
+        "with nearest-neighbour interpolation, and regional volumes (mm³) were measured on hard labels "
         f"inside the brain mask. Random seed: {config.random_seed}."
     )
 

@@ -297,3 +297,23 @@ def test_atropos_is_reproducible(tmp_path, small_pair):
         ).run(cwd=str(tmp_path / name)).outputs
         results.append([nb.load(p).get_fdata() for p in out.out_probsegs])
     assert all(np.array_equal(a, b) for a, b in zip(*results))
+
+
+@pytest.mark.parametrize("spacing, factor", [((1.0, 1.0, 1.0), 6), ((1.2, 1.2, 1.2), 5), ((0.9, 1.0, 1.2), 7),
+                                             ((2.0, 2.0, 2.0), 4), ((3.75, 3.75, 3.75), 4)])
+def test_automatic_n4_shrink_fits_on_a_grid_of_at_least_6_mm(spacing, factor):
+    from bidsharmony.interfaces.ants import n4_shrink_factor
+
+    assert n4_shrink_factor(spacing) == factor
+    assert min(spacing) * factor >= 6.0 or factor == 4
+
+
+def test_registration_levels_follow_the_voxel_size():
+    """Levels are written in mm: 1 mm images stop the SyN at a 2 mm grid (shrink 2), coarse
+    test images reach their own grid (shrink 1), and levels on one grid are merged."""
+    from bidsharmony.interfaces.ants import REGISTRATION_PRESETS, _levels
+
+    syn = REGISTRATION_PRESETS["fast"]["syn"]
+    assert _levels(syn, 1.0) == ("60x30x10", "8x4x2", "3x2x1vox")
+    assert _levels(syn, 3.0) == ("60x30x10", "3x2x1", "1.6x1x0vox")
+    assert _levels(syn, 4.0) == ("60x40", "2x1", "1x0vox")
