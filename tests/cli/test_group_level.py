@@ -60,6 +60,11 @@ def test_combat_and_flow_scm_move_features_toward_the_reference_truth(tables, fi
         assert error < 0.7 * raw_error, (desc, error, raw_error)
         meta = json.loads((out / "group" / f"desc-{desc}_morph.json").read_text())
         assert meta["ReferenceSite"] == data.reference_site and meta["RandomSeed"] == 1
+        if desc == "flowscm":  # the fit's log-likelihoods, per node, in nats per scan
+            fit = meta["TrainingLogLikelihood"]
+            assert fit["Units"] == "nats per scan" and 1 <= fit["BestEpoch"] <= 60
+            assert set(fit["ValidationPerNode"]) == {"sex", "site", "age", "x"}
+            assert fit["ValidationPerNode"]["x"] == pytest.approx(fit["FeaturesValidation"])
     assert (out / "group" / "models" / "flow-scm" / "manifest.json").is_file()
 
 

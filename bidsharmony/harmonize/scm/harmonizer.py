@@ -523,6 +523,21 @@ class FlowSCMHarmonizer(Harmonizer):
         return self
 
     @property
+    def training_log_likelihood_(self) -> dict:
+        """The fit's log-likelihoods in nats per scan (for sidecars): the features' mechanism
+        on the validation and training rows at the best epoch, and every node's on validation."""
+        self._check_fitted()
+        history = self.training_
+        validation, train = history.get("best_validation_nll"), history.get("final_train_nll")
+        return {
+            "Units": "nats per scan",
+            "BestEpoch": history.get("best_epoch"),
+            "FeaturesValidation": None if validation is None else -validation,
+            "FeaturesTrain": None if train is None else -train,
+            "ValidationPerNode": {node: -nll for node, nll in history.get("per_node_nll", {}).items()},
+        }
+
+    @property
     def training_history(self) -> dict:
         """Per-epoch train/validation NLL and the selected epoch (from fit)."""
         self._check_fitted()

@@ -5,7 +5,8 @@ at 50 % and 75 % of the epochs, at least 100 epochs by default. A validation spl
 by a label, e.g. site) is held out; the weights with the best validation log-likelihood are
 kept (the paper reports the best validation log-likelihood), optionally stopping early when it
 has not improved for ``patience`` epochs. One log line per epoch (loss, time left) goes to the
-``bidsharmony.harmonize.scm.training`` logger.
+``bidsharmony.harmonize.scm.training`` logger. ``nodes`` trains some mechanisms only (the
+harmonizer trains the covariates' mechanisms first, then the features' with these settings).
 """
 
 from __future__ import annotations
