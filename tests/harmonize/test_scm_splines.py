@@ -139,11 +139,15 @@ def test_compiled_map_equals_the_flow_layer(flow, shape_columns):
         parameter.data += 0.3 * torch.randn_like(parameter)
     data = torch.randn(700, 5, dtype=torch.float64) * 3  # about a third beyond the bound
     context = torch.cat([torch.randint(0, 2, (700, 2)).double(), torch.randn(700, 2, dtype=torch.float64)], dim=1)
+    free = flows.ConditionalElementwiseTransform(5, None, flow, num_bins=5, tail_bound=3.0).double()
+    for parameter in free.parameters():  # a root node's layer: no context, free parameters
+        parameter.data += 0.3 * torch.randn_like(parameter)
     with torch.no_grad():
         for inverse in (False, True):
-            expected = (layer.inverse if inverse else layer)(data, context)[0]
-            compiled = layer.map_compiled(data.numpy(), context, inverse=inverse)
-            assert abs(compiled - expected.numpy()).max() < 1e-12
+            for transform, given in ((layer, context), (free, None)):
+                expected = (transform.inverse if inverse else transform)(data, given)[0]
+                compiled = transform.map_compiled(data.numpy(), given, inverse=inverse)
+                assert abs(compiled - expected.numpy()).max() < 1e-12
 
 
 @pytest.mark.parametrize("flow", ["linear-spline", "quadratic-spline"])
