@@ -766,7 +766,7 @@ def brain_extraction_files(
     -------
     dict
         ``out_file``, ``out_mask``, ``forward_transform`` / ``reverse_transform``
-        (subject → template and back, as :func:`registration_files` names them) and
+        (subject → template and back, as :func:`registration_files` names them),
         ``native_probsegs`` (``template_probsegs`` in native space, or ``[]``) and
         ``report`` (a few lines on what was done).
     """
