@@ -143,6 +143,13 @@ def normalize_sex(values: pd.Series, coding="auto") -> np.ndarray:
             f"covariate 'sex' is missing for {len(rows)} row(s) ({_preview(rows)}); fill it in "
             f"({ACCEPTED_SEX_CODES_TEXT}) or drop those rows"
         )
+    # codes repeat: read each distinct one once (string methods over every row are slow)
+    positions, distinct = pd.factorize(values, use_na_sentinel=False)
+    return _sex_of_codes(pd.Series(distinct, dtype=object), coding)[positions]
+
+
+def _sex_of_codes(values: pd.Series, coding) -> np.ndarray:
+    """:func:`normalize_sex` of distinct, non-missing codes under a resolved ``coding``."""
     if isinstance(coding, dict):
         table = {k: (MALE if v in ("M", "MALE") else FEMALE if v in ("F", "FEMALE") else None)
                  for k, v in coding.items()}
@@ -293,7 +300,7 @@ def feature_array(features: pd.DataFrame, feature_names: Sequence[str] | None = 
                    "pass exactly the features the model was fitted on, or refit")
             raise FeatureMismatchError(f"{'; '.join(parts)} compared with the fitted model; {fix}")
         order = [columns.index(c) for c in expected]
-        frame = features.iloc[:, order]
+        frame = features if order == list(range(len(columns))) else features.iloc[:, order]
     else:
         expected = columns
         frame = features
@@ -466,7 +473,8 @@ def check_feature_scale(data: PreparedData, fitted_medians: dict) -> None:
     # a unit factor shows in any few thousand rows; more would only make the check slow
     step = max(1, data.n_rows // _SCALE_CHECK_ROWS)
     columns = [data.feature_names.index(n) for n in names]
-    now = np.median(data.features[::step][:, columns], axis=0)
+    # medians along contiguous rows (a transposed copy): ~3x faster than along strided columns
+    now = np.median(np.ascontiguousarray(data.features[::step][:, columns].T), axis=1)
     before = np.array([fitted_medians[n] for n in names])
     usable = now > 0
     if not usable.any():

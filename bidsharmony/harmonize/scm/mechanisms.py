@@ -321,9 +321,11 @@ class FlowMechanism(Mechanism):
             new_embedded = torch.cat([new_context, embedded[:, context.shape[1]:]], dim=-1)
         else:
             new_embedded = self.embed(new_context)
-        for layer in layers:
+        *outer, innermost = layers
+        for layer in outer:
             latent = layer.map_compiled(latent, embedded)
-        for layer in reversed(layers):
+        latent = innermost.transport_compiled(latent, embedded, new_embedded)
+        for layer in reversed(outer):
             latent = layer.map_compiled(latent, new_embedded, inverse=True)
         logged = torch.from_numpy(latent) * self.scale + self.shift
         return torch.exp(logged) if self.log_transform else logged
