@@ -302,3 +302,90 @@ def affine_spline_density_backward(kind: str, table: np.ndarray, saved, g_output
     _density_backward(KIND_CODES[kind], table, *saved, np.asarray(g_outputs), np.asarray(g_logdet),
                       g_inputs, g_loc, g_raw_scale, g_table)
     return g_inputs, g_loc, g_raw_scale, g_table
+
+
+# ------------------------------------------------------------------ knot tables
+# Training recomputes the spline tables of a batch's levels at every step. Their arithmetic
+# is small, but in torch it takes ~40 operations forward and ~30 backward; here the softmax,
+# softplus and sigmoid stay in torch (vectorised exp is ~3x cheaper than scalar exp) and the
+# cumulative sums, knots and differences, and the whole backward pass, run compiled.
+
+@_compile
+def _assemble_table(softmax, derivatives, lambdas, bound, minima, table):
+    """Bin table ``(C, R, K)`` of ``R`` splines from their normalised parameters.
+
+    ``softmax (R, 2, K)``: softmaxes of the bin widths and heights; ``derivatives (R, K - 1)``:
+    inner-knot derivatives; ``lambdas (R, K)`` (linear-rational, else ``(R, 0)``);
+    ``minima``: minimum bin width and height. The operations are those of
+    :func:`.splines.spline_knots` and :func:`.splines.bin_table`, in the same order, so the
+    table is the same to the last bit.
+    """
+    rows, _, num_bins = softmax.shape
+    for r in range(rows):
+        for group in range(2):  # widths -> x knots, heights -> y knots
+            stretch = 1 - minima[group] * num_bins
+            left, cumulative = -bound, 0.0
+            for k in range(num_bins):
+                cumulative += minima[group] + stretch * softmax[r, group, k]
+                right = bound if k == num_bins - 1 else cumulative * (2 * bound) - bound
+                table[2 * group, r, k] = left
+                table[2 * group + 1, r, k] = right - left
+                left = right
+        # derivatives are 1 at both ends (the identity tails)
+        for k in range(num_bins):
+            table[4, r, k] = 1.0 if k == 0 else derivatives[r, k - 1]
+            table[5, r, k] = 1.0 if k == num_bins - 1 else derivatives[r, k]
+        for k in range(lambdas.shape[1]):
+            table[6, r, k] = lambdas[r, k]
+
+
+@_compile
+def _table_backward(softmax, derivative_slopes, lambda_slopes, bound, minima, g_table, g_params):
+    """Gradient of :func:`_assemble_table` with respect to the unconstrained parameters.
+
+    ``derivative_slopes (R, K - 1)`` and ``lambda_slopes (R, K)`` are the derivatives of the
+    softplus and of the scaled sigmoid at the parameters; ``g_params (R, P)`` is written.
+    """
+    rows, _, num_bins = softmax.shape
+    g_sizes = np.empty(num_bins)
+    for r in range(rows):
+        for group in range(2):
+            # the knots e_0..e_K enter as (left, size) = (e_k, e_{k+1} - e_k); the inner ones
+            # are e_k = 2B (sizes_0 + ... + sizes_{k-1}) - B, so sizes_i gets the e_k, k > i
+            g_sizes[num_bins - 1] = 0.0
+            suffix = 0.0
+            for k in range(num_bins - 1, 0, -1):
+                g_knot = (g_table[2 * group, r, k] - g_table[2 * group + 1, r, k]
+                          + g_table[2 * group + 1, r, k - 1])
+                suffix += g_knot * (2 * bound)
+                g_sizes[k - 1] = suffix
+            stretch = 1 - minima[group] * num_bins
+            weighted = 0.0
+            for k in range(num_bins):
+                weighted += stretch * g_sizes[k] * softmax[r, group, k]
+            for k in range(num_bins):  # through the softmax
+                g_params[r, group * num_bins + k] = softmax[r, group, k] * (stretch * g_sizes[k] - weighted)
+        for k in range(num_bins - 1):  # inner knot k + 1 is d_b of bin k and d_a of bin k + 1
+            g_params[r, 2 * num_bins + k] = (g_table[4, r, k + 1] + g_table[5, r, k]) * derivative_slopes[r, k]
+        for k in range(lambda_slopes.shape[1]):
+            g_params[r, 3 * num_bins - 1 + k] = g_table[6, r, k] * lambda_slopes[r, k]
+
+
+def assemble_table(softmax: np.ndarray, derivatives: np.ndarray, lambdas, bound: float, minima) -> np.ndarray:
+    """:func:`_assemble_table` into a new ``(C, R, K)`` array (``lambdas`` ``None``: C = 6)."""
+    rows, _, num_bins = softmax.shape
+    lambdas = np.zeros((rows, 0)) if lambdas is None else lambdas
+    table = np.empty((6 if lambdas.shape[1] == 0 else 7, rows, num_bins))
+    _assemble_table(softmax, derivatives, lambdas, float(bound), np.asarray(minima, dtype=np.float64), table)
+    return table
+
+
+def table_backward(softmax: np.ndarray, derivative_slopes: np.ndarray, lambda_slopes, bound: float, minima,
+                   g_table: np.ndarray) -> np.ndarray:
+    """Gradient ``(R, P)`` of :func:`assemble_table`'s parameters (see :func:`_table_backward`)."""
+    rows, _, num_bins = softmax.shape
+    lambda_slopes = np.zeros((rows, 0)) if lambda_slopes is None else lambda_slopes
+    g_params = np.empty((rows, 3 * num_bins - 1 + lambda_slopes.shape[1]))
+    _table_backward(softmax, derivative_slopes, lambda_slopes, float(bound), np.asarray(minima, dtype=np.float64),
+                    np.ascontiguousarray(g_table), g_params)
+    return g_params

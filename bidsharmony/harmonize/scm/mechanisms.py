@@ -313,8 +313,9 @@ class FlowMechanism(Mechanism):
         The context network runs once when the intervention leaves its inputs unchanged (an
         additive site is not one of them); logarithms and exponentials run vectorised in torch.
         """
-        logged = torch.log(value) if self.log_transform else value
-        latent = ((logged - self.shift) / self.scale).numpy()
+        # in place: every pass over a chunk's fresh temporaries costs as much as the arithmetic
+        logged = torch.log(value) if self.log_transform else value.clone()
+        latent = logged.sub_(self.shift).div_(self.scale).numpy()
         embedded = self.embed(context)
         if (self.context_net is not None and context is not None and new_context is not None
                 and torch.equal(context[:, self.network_columns], new_context[:, self.network_columns])):
@@ -327,8 +328,8 @@ class FlowMechanism(Mechanism):
         latent = innermost.transport_compiled(latent, embedded, new_embedded)
         for layer in reversed(outer):
             latent = layer.map_compiled(latent, new_embedded, inverse=True)
-        logged = torch.from_numpy(latent) * self.scale + self.shift
-        return torch.exp(logged) if self.log_transform else logged
+        logged = torch.from_numpy(latent).mul_(self.scale).add_(self.shift)
+        return logged.exp_() if self.log_transform else logged
 
     def sample_noise(self, n, generator=None):
         return torch.randn((n, self.dim), generator=generator, dtype=self.shift.dtype)
