@@ -4,6 +4,7 @@ Numbers quoted in the docstrings were measured on this machine with the fixtures
 (FAST_FLOW: 30 epochs, learning rate 3e-3, context 32-32/16, 6 bins; 500 scans per site).
 """
 
+import multiprocessing
 import warnings
 
 import numpy as np
@@ -48,6 +49,38 @@ def test_reference_rows_are_returned_unchanged(fitted_flow, small_table):
     at_reference = (small_table.covariates.site == fitted_flow.reference_site_).to_numpy()
     assert np.array_equal(out[at_reference].to_numpy(), small_table.features[at_reference].to_numpy())
     assert not np.allclose(out[~at_reference].to_numpy(), small_table.features[~at_reference].to_numpy())
+
+
+def _transform_in_forked_child(model, features, covariates, queue):
+    queue.put(model.transform(features, covariates))
+
+
+def test_threaded_transform_is_bit_identical_and_survives_fork(fitted_flow, small_table):
+    """Chunks run in reused worker threads: same numbers as one thread, and a process forked
+    after a threaded transform (which inherits the pool but not its threads) starts its own."""
+    features, covariates = small_table.features, small_table.covariates
+    single = fitted_flow.transform(features, covariates)
+    previous = fitted_flow.num_threads
+    fitted_flow.num_threads = 2
+    try:
+        threaded = fitted_flow.transform(features, covariates)
+        again = fitted_flow.transform(features, covariates)
+        context = multiprocessing.get_context("fork")
+        queue = context.Queue()
+        child = context.Process(target=_transform_in_forked_child, args=(fitted_flow, features, covariates, queue),
+                                daemon=True)
+        child.start()
+        try:
+            forked = queue.get(timeout=120)  # a pool without threads would never answer
+        finally:
+            child.join(30)
+            if child.is_alive():
+                child.terminate()
+    finally:
+        fitted_flow.num_threads = previous
+    assert np.array_equal(threaded.to_numpy(), single.to_numpy())
+    assert np.array_equal(again.to_numpy(), single.to_numpy())
+    assert child.exitcode == 0 and np.array_equal(forked.to_numpy(), single.to_numpy())
 
 
 @pytest.mark.parametrize("architecture", ["elementwise", "autoregressive"])

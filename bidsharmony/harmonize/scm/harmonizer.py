@@ -22,6 +22,7 @@ import dataclasses
 import functools
 import logging
 import math
+import os
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 
@@ -53,6 +54,10 @@ def _chunk_workers(num_threads: int) -> ThreadPoolExecutor:
     of a 7,500-row transform); the same threads keep their arenas warm.
     """
     return ThreadPoolExecutor(max_workers=num_threads, thread_name_prefix="bidsharmony-transform")
+
+
+# a forked child inherits the pools but not their threads: it must start its own
+os.register_at_fork(after_in_child=_chunk_workers.cache_clear)
 
 
 class FlowSCMHarmonizer(Harmonizer):
@@ -279,15 +284,14 @@ class FlowSCMHarmonizer(Harmonizer):
                                 else torch.as_tensor(numbers, dtype=DTYPE).view(-1, 1))
         return result
 
-    def _counterfactual_array(self, values: dict, do: dict, rows: np.ndarray) -> np.ndarray:
-        """Counterfactual features of ``rows`` in chunks (memory stays bounded).
+    def _counterfactual_array(self, values: dict, do: dict, rows: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """Write the counterfactual features of ``rows`` into those rows of ``out``, in chunks.
 
         Equal chunks of at most ~2,000 rows: per-chunk work (context network, spline tables)
-        is amortised and the working set stays in cache. With ``num_threads > 1`` the chunks
-        run in that many Python threads: the compiled element-wise kernels and torch's
-        operations release the GIL.
+        is amortised and memory stays bounded. With ``num_threads > 1`` the chunks run in that
+        many Python threads: the compiled element-wise kernels and torch's operations release
+        the GIL. Each chunk writes its own rows of ``out``.
         """
-        out = np.empty((len(rows), len(self.feature_names_)))
 
         def work(bounds) -> None:
             start, stop = bounds
@@ -295,7 +299,7 @@ class FlowSCMHarmonizer(Harmonizer):
             part = {k: v[chunk] for k, v in values.items()}
             part_do = {k: v[chunk] for k, v in do.items()}
             result = self.scm_.counterfactual(part, part_do)
-            out[start:stop] = result[FEATURES].numpy()
+            out[rows[start:stop]] = result[FEATURES].numpy()
 
         # a multiple of the thread count, so that the threads finish together
         count = math.ceil(len(rows) / _CHUNK_ROWS / self.num_threads) * self.num_threads
@@ -320,7 +324,7 @@ class FlowSCMHarmonizer(Harmonizer):
             values = self._values(data)
             reference = self.sites_.index(self.reference_site_)
             do = {"site": torch.full((data.n_rows,), reference, dtype=torch.long)}
-            harmonized[rows] = self._counterfactual_array(values, do, rows)
+            self._counterfactual_array(values, do, rows, out=harmonized)
         return harmonized
 
     def counterfactual(self, features: pd.DataFrame, covariates: pd.DataFrame, do: dict) -> pd.DataFrame:
@@ -345,7 +349,8 @@ class FlowSCMHarmonizer(Harmonizer):
         self._warn_age(data.age)
         values = self._values(data)
         interventions = self._do_values(do, data.n_rows)
-        out = self._counterfactual_array(values, interventions, np.arange(data.n_rows))
+        out = np.empty_like(data.features)
+        self._counterfactual_array(values, interventions, np.arange(data.n_rows), out)
         return data.to_frame(out)
 
     def log_prob(self, features: pd.DataFrame, covariates: pd.DataFrame, joint: bool = False) -> pd.Series:
