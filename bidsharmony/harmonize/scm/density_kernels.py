@@ -1,4 +1,5 @@
-"""Compiled training kernel of an element-wise flow layer: density and its gradient.
+"""Compiled training kernels of element-wise flow layers: the density and its gradient, and
+the spline tables and theirs.
 
 In training, every step evaluates ``u = (x - loc) / (softplus(raw_scale) + floor)``, the
 spline ``eps = s(u)`` (data -> noise) and the log-derivative ``log|s'(u)| - log(scale)`` for

@@ -49,9 +49,9 @@ def _positive_scale(raw: torch.Tensor) -> torch.Tensor:
     """``softplus(raw) + floor`` for transforms (no autograd), as ``log(1 + exp(raw))``.
 
     torch's float64 ``softplus`` is not vectorised on CPU and costs ~1.6x the vectorised
-    ``exp`` and ``log`` here (~20 % of a transform). Above 20, ``log(1 + exp(raw))`` is
-    ``raw`` plus less than 2e-9, and the maximum makes it exactly ``raw`` further out, where
-    ``exp`` would overflow; the two agree with ``softplus`` to ~1e-15.
+    ``exp`` and ``log`` here (~20 % of a transform). Up to 20 the two agree to ~1e-15. Above,
+    torch returns ``raw`` (its threshold, off by < 2e-9); here ``exp`` sees at most 20 (no
+    overflow) and the maximum returns ``raw`` from 20 + 2e-9 on.
     """
     return torch.maximum(raw, raw.clamp(max=20.0).exp_().add_(1.0).log_()).add_(_SCALE_FLOOR)
 
