@@ -77,8 +77,8 @@ def test_conditional_flows_invert(flow, architecture):
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("rows, levels", [(40, 1), (50, 3), (700, 3), (30, 30)])
 def test_shared_level_evaluation_matches_per_row_tables(kind, rows, levels):
-    """evaluate_levels (one gather into the (L, D, K) table, hand-written backward passes in
-    NumPy) gives the values of evaluate_spline on per-row tables (to the last bit) and the
+    """evaluate_levels (one gather into the (L, D, K) table, whose backward pass is compiled)
+    gives the values of evaluate_spline on per-row tables (to the last bit) and the
     gradients of autograd through it (to 1e-12 relative); 700 rows take the grouped search."""
     generator = torch.Generator().manual_seed(rows + levels)
     inputs = (torch.randn(rows, 3, generator=generator, dtype=torch.float64) * 2.5).requires_grad_(True)
@@ -111,15 +111,27 @@ def test_shared_level_evaluation_matches_per_row_tables(kind, rows, levels):
         assert nothing is None and torch.allclose(values_only, slow[0], rtol=0, atol=1e-12)
 
 
+def _perturbed_layer(flow, context_features=4, shape_columns=(0, 1)):
+    """An element-wise layer of 5 features moved away from its identity initialisation."""
+    layer = flows.ConditionalElementwiseTransform(
+        5, context_features, flow, num_bins=5, tail_bound=3.0,
+        shape_columns=None if shape_columns is None else list(shape_columns)).double()
+    for parameter in layer.parameters():
+        parameter.data += 0.3 * torch.randn_like(parameter)
+    return layer
+
+
+def _discrete_and_continuous_context(n):
+    """Two 0/1 columns (spline levels) and two continuous ones."""
+    return torch.cat([torch.randint(0, 2, (n, 2)).double(), torch.randn(n, 2, dtype=torch.float64)], dim=1)
+
+
 @pytest.mark.parametrize("flow", ["affine", "linear-spline", "quadratic-spline"])
 def test_map_is_forward_and_inverse_without_logdet(flow):
     torch.manual_seed(1)
-    layer = flows.ConditionalElementwiseTransform(5, 4, flow, num_bins=5, tail_bound=3.0,
-                                                  shape_columns=[0, 1]).double()
-    for parameter in layer.parameters():
-        parameter.data += 0.3 * torch.randn_like(parameter)
+    layer = _perturbed_layer(flow)
     data = torch.randn(900, 5, dtype=torch.float64) * 2
-    context = torch.cat([torch.randint(0, 2, (900, 2)).double(), torch.randn(900, 2, dtype=torch.float64)], dim=1)
+    context = _discrete_and_continuous_context(900)
     with torch.no_grad():
         assert torch.allclose(layer.map(data, context), layer(data, context)[0], rtol=0, atol=1e-13)
         assert torch.allclose(layer.map(data, context, inverse=True), layer.inverse(data, context)[0],
@@ -133,15 +145,10 @@ def test_compiled_map_equals_the_flow_layer(flow, shape_columns):
     own forward and inverse values, for shared, per-level and per-row spline shapes, inside
     the spline interval and in the identity tails."""
     torch.manual_seed(3)
-    layer = flows.ConditionalElementwiseTransform(5, 4, flow, num_bins=5, tail_bound=3.0,
-                                                  shape_columns=shape_columns).double()
-    for parameter in layer.parameters():
-        parameter.data += 0.3 * torch.randn_like(parameter)
+    layer = _perturbed_layer(flow, shape_columns=shape_columns)
     data = torch.randn(700, 5, dtype=torch.float64) * 3  # about a third beyond the bound
-    context = torch.cat([torch.randint(0, 2, (700, 2)).double(), torch.randn(700, 2, dtype=torch.float64)], dim=1)
-    free = flows.ConditionalElementwiseTransform(5, None, flow, num_bins=5, tail_bound=3.0).double()
-    for parameter in free.parameters():  # a root node's layer: no context, free parameters
-        parameter.data += 0.3 * torch.randn_like(parameter)
+    context = _discrete_and_continuous_context(700)
+    free = _perturbed_layer(flow, context_features=None)  # a root node's layer: free parameters
     with torch.no_grad():
         for inverse in (False, True):
             for transform, given in ((layer, context), (free, None)):
@@ -157,12 +164,9 @@ def test_compiled_transport_is_abduction_then_prediction(flow, changed):
     context columns (one-hot site), the new affine parameters are updated from the change
     instead of recomputed: both give the layer's inverse of its forward."""
     torch.manual_seed(4)
-    layer = flows.ConditionalElementwiseTransform(5, 4, flow, num_bins=5, tail_bound=3.0,
-                                                  shape_columns=[0, 1]).double()
-    for parameter in layer.parameters():
-        parameter.data += 0.3 * torch.randn_like(parameter)
+    layer = _perturbed_layer(flow)
     data = torch.randn(300, 5, dtype=torch.float64) * 2
-    context = torch.cat([torch.randint(0, 2, (300, 2)).double(), torch.randn(300, 2, dtype=torch.float64)], dim=1)
+    context = _discrete_and_continuous_context(300)
     new_context = context.clone()
     new_context[:, changed] = torch.cat([1 - context[:, :2], context[:, 2:] + 0.5], dim=1)[:, changed]
     with torch.no_grad():
@@ -182,14 +186,10 @@ def test_fused_training_layer_matches_its_pieces(flow, shape_columns):
     version, for per-level, per-row and shared spline shapes and for a root node's layer."""
     torch.manual_seed(2)
     unconditional = shape_columns == "no context"
-    layer = flows.ConditionalElementwiseTransform(5, None if unconditional else 4, flow, num_bins=5,
-                                                  tail_bound=3.0,
-                                                  shape_columns=None if unconditional else shape_columns).double()
-    for parameter in layer.parameters():
-        parameter.data += 0.3 * torch.randn_like(parameter)
+    layer = (_perturbed_layer(flow, context_features=None) if unconditional
+             else _perturbed_layer(flow, shape_columns=shape_columns))
     data = (torch.randn(64, 5, dtype=torch.float64) * 2).requires_grad_(True)
-    context = None if unconditional else torch.cat(
-        [torch.randint(0, 2, (64, 2)).double(), torch.randn(64, 2, dtype=torch.float64)], dim=1)
+    context = None if unconditional else _discrete_and_continuous_context(64)
     weights = torch.randn(64, 5, dtype=torch.float64)
     outputs, logdet = layer(data, context)
     loc, scale = layer._location_scale(data, context)

@@ -9,9 +9,9 @@ a scatter-add in torch, each way), so both directions run here as one loop per e
 backward pass accumulates the gradients of the per-bin quantities straight into the
 ``(C, L, D, K)`` table gradient, where the vectorised version gathered and scattered.
 
-The formulas are those of :mod:`.splines` (``_rational_quadratic_density``,
-``_linear_rational_density`` and their hand-written backward passes), written for one element;
-the tests check values and gradients against autograd.
+The formulas are those of :mod:`.splines` (``_rational_quadratic``, ``_linear_rational``),
+written for one element, with their partial derivatives written out; the tests check values
+and gradients against autograd through the torch versions.
 """
 
 from __future__ import annotations

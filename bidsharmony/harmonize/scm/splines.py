@@ -159,8 +159,8 @@ def _bins(knots: dict, values: torch.Tensor, inverse: bool):
 
 
 #: the array operations the spline formulas need, for torch tensors (autograd) and for NumPy
-#: arrays (the hand-differentiated training path and transforms: NumPy's float64 log, sqrt and
-#: scalar arithmetic are 2-4x faster on CPU than torch's, and there is no autograd to feed)
+#: arrays (values without gradients: NumPy's float64 log, sqrt and scalar arithmetic are 2-4x
+#: faster on CPU than torch's, and there is no autograd to feed)
 TORCH_OPS = SimpleNamespace(sqrt=torch.sqrt, log=torch.log, where=torch.where, minimum=torch.minimum,
                             maximum=torch.maximum, clip=torch.clamp)
 def _clip_numpy(values, low=None, high=None):
@@ -237,185 +237,6 @@ def _rational_quadratic(values, x_a, width, y_a, height, d_a, d_b, inverse, loga
 def _numpy(*tensors):
     """NumPy views of (detached, CPU) tensors — no copies."""
     return [t.detach().numpy() for t in tensors]
-
-
-def _rational_quadratic_density(values, bound, x_a, width, y_a, height, d_a, d_b):
-    """Rational-quadratic spline (data -> noise) with identity tails, and its log-derivative,
-    in NumPy; :func:`_rational_quadratic_density_backward` differentiates it by hand.
-
-    Training evaluates this for every feature of every row at each step; autograd would record
-    ~30 small operations and replay ~60 in the backward pass, and at a batch of 64 rows that
-    bookkeeping (and torch's slow float64 logarithm) costs more than the arithmetic. The forward
-    values use the expressions of :func:`_rational_quadratic`; the gradients are the analytic
-    partial derivatives below, checked against autograd in the tests.
-
-    Notation: ``xi = (v - x_a) / w`` (``v`` the input clamped to the interval), ``s = h / w``,
-    ``c = d_a + d_b - 2 s``, ``beta = xi (1 - xi)``, ``P = s xi^2 + d_a beta``,
-    ``Q = s + c beta``, ``M = d_b xi^2 + 2 s beta + d_a (1 - xi)^2``;
-    ``y = y_a + h P / Q`` and ``log y' = log(s^2 M) - 2 log Q``.
-    """
-    inside = (values >= -bound) & (values <= bound)
-    clamped = _clip_numpy(values, -bound, bound)
-    raw_xi = (clamped - x_a) / width
-    xi = _clip_numpy(raw_xi, 0.0, 1.0)
-    slope = height / width
-    curvature = d_a + d_b - 2 * slope
-    both = xi * (1 - xi)
-    denominator = slope + curvature * both
-    polynomial = slope * xi * xi + d_a * both
-    outputs = y_a + height * polynomial / denominator
-    derivative_part = d_b * xi * xi + 2 * slope * both + d_a * (1 - xi) ** 2
-    log_grad = np.log(slope * slope * derivative_part) - 2 * np.log(denominator)
-    saved = (inside, raw_xi, xi, width, height, slope, curvature, both, denominator,
-             polynomial, derivative_part, d_a, d_b)
-    return np.where(inside, outputs, values), np.where(inside, log_grad, 0.0), saved
-
-
-def _rational_quadratic_density_backward(saved, grad_outputs, grad_logdet):
-    """Gradients of :func:`_rational_quadratic_density`'s outputs and log-derivative (in that order:
-    inputs, then the bin quantities)."""
-    (inside, raw_xi, xi, width, height, slope, curvature, both, denominator, polynomial,
-     derivative_part, d_a, d_b) = saved
-    g_y = np.where(inside, grad_outputs, 0.0)
-    g_l = np.where(inside, grad_logdet, 0.0)
-    one_minus = 1 - xi
-    ratio = polynomial / denominator            # P / Q
-    h_over_q = height / denominator             # h / Q
-    inv_m = 1 / derivative_part
-    inv_q = 1 / denominator
-    d_denominator_d_xi = curvature * (1 - 2 * xi)
-    d_polynomial_d_xi = 2 * slope * xi + d_a * (1 - 2 * xi)
-    d_derivative_d_xi = 2 * (d_b * xi + slope * (1 - 2 * xi) - d_a * one_minus)
-    g_y_h = g_y * h_over_q
-    # d/dxi, d/dc (curvature), d/ds (slope, c held fixed) of y and of log y'
-    g_xi = (g_y_h * (d_polynomial_d_xi - ratio * d_denominator_d_xi)
-            + g_l * (d_derivative_d_xi * inv_m - 2 * d_denominator_d_xi * inv_q))
-    g_xi = np.where((raw_xi >= 0) & (raw_xi <= 1), g_xi, 0.0)  # the clamp of xi
-    g_c = -(g_y_h * ratio + 2 * g_l * inv_q) * both
-    g_s = g_y_h * (xi * xi - ratio) + g_l * (2 / slope + 2 * both * inv_m - 2 * inv_q) - 2 * g_c
-    g_d_a = g_y_h * both + g_l * one_minus * one_minus * inv_m + g_c
-    g_d_b = g_l * xi * xi * inv_m + g_c
-    g_height = g_y * ratio + g_s / width
-    g_width = -(g_s * slope + g_xi * raw_xi) / width
-    g_x_a = -g_xi / width
-    g_inputs = np.where(inside, g_xi / width, grad_outputs)
-    return g_inputs, g_x_a, g_width, g_y, g_height, g_d_a, g_d_b
-
-
-def _linear_rational_density(values, bound, x_a, width, y_a, height, d_a, d_b, lam):
-    """Linear-rational spline (data -> noise) with identity tails, and its log-derivative,
-    in NumPy (its backward pass is reverse mode written out; see
-    :func:`_rational_quadratic_density` for why). Forward values use the expressions of
-    :func:`_linear_rational`.
-    """
-    inside = (values >= -bound) & (values <= bound)
-    clamped = _clip_numpy(values, -bound, bound)
-    y_b = y_a + height
-    slope = height / width
-    w_b = np.sqrt(d_a / d_b)
-    w_m = (lam * d_a + (1 - lam) * w_b * d_b) / slope
-    norm_m = (1 - lam) + lam * w_b
-    y_m = ((1 - lam) * y_a + lam * w_b * y_b) / norm_m
-    raw_phi = (clamped - x_a) / width
-    phi = _clip_numpy(raw_phi, 0.0, 1.0)
-    left = phi <= lam
-    phi_l, phi_r = np.minimum(phi, lam), np.maximum(phi, lam)
-    y_left = (y_a * (lam - phi_l) + w_m * y_m * phi_l) / ((lam - phi_l) + w_m * phi_l)
-    y_right = (w_m * y_m * (1 - phi_r) + w_b * y_b * (phi_r - lam)) / (w_m * (1 - phi_r) + w_b * (phi_r - lam))
-    outputs = np.where(left, y_left, y_right)
-    denom_left = (lam - phi_l) + w_m * phi_l
-    denom_right = w_m * (1 - phi_r) + w_b * (phi_r - lam)
-    grad_left = lam * w_m * (y_m - y_a) / denom_left ** 2
-    grad_right = (1 - lam) * w_b * w_m * (y_b - y_m) / denom_right ** 2
-    log_grad = np.log(np.where(left, grad_left, grad_right)) - np.log(width)
-    saved = (inside, left, raw_phi, phi_l, phi_r, y_left, y_right, denom_left, denom_right,
-             y_a, y_b, y_m, w_b, w_m, norm_m, slope, width, d_a, d_b, lam)
-    return np.where(inside, outputs, values), np.where(inside, log_grad, 0.0), saved
-
-
-def _linear_rational_density_backward(saved, grad_outputs, grad_logdet):
-    """Gradients of :func:`_linear_rational_density`'s outputs and log-derivative (in that order:
-    inputs, then the bin quantities)."""
-    (inside, left, raw_phi, phi_l, phi_r, y_left, y_right, denom_left, denom_right, y_a, y_b,
-     y_m, w_b, w_m, norm_m, slope, width, d_a, d_b, lam) = saved
-    is_left = inside & left
-    is_right = inside & ~left
-    # left piece: y = num / den, num = y_a (lam - phi) + w_m y_m phi, den = (lam - phi) + w_m phi,
-    # log y' = log lam + log w_m + log(y_m - y_a) - 2 log den (- log width, below)
-    g_y, g_l = np.where(is_left, grad_outputs, 0.0), np.where(is_left, grad_logdet, 0.0)
-    g_num = g_y / denom_left
-    g_den = -(g_y * y_left + 2 * g_l) / denom_left
-    gap_left = y_m - y_a
-    g_a = g_num * y_a + g_den                      # dL/d(lam - phi)
-    g_phi = g_num * w_m * y_m + g_den * w_m - g_a
-    g_lam = g_a + g_l / lam
-    g_w_m = (g_num * y_m + g_den) * phi_l + g_l / w_m
-    g_y_m = g_num * w_m * phi_l + g_l / gap_left
-    g_y_a = g_num * (lam - phi_l) - g_l / gap_left
-    # right piece: num = w_m y_m (1 - phi) + w_b y_b (phi - lam), den = w_m (1 - phi) + w_b (phi - lam),
-    # log y' = log(1 - lam) + log w_b + log w_m + log(y_b - y_m) - 2 log den
-    g_y, g_l = np.where(is_right, grad_outputs, 0.0), np.where(is_right, grad_logdet, 0.0)
-    g_num = g_y / denom_right
-    g_den = -(g_y * y_right + 2 * g_l) / denom_right
-    gap_right = y_b - y_m
-    one_minus, past = 1 - phi_r, phi_r - lam
-    g_one_minus = (g_num * y_m + g_den) * w_m     # dL/d(1 - phi)
-    g_past = (g_num * y_b + g_den) * w_b           # dL/d(phi - lam)
-    g_phi = g_phi - g_one_minus + g_past
-    g_lam = g_lam - g_past - g_l / (1 - lam)
-    g_w_m = g_w_m + (g_num * y_m + g_den) * one_minus + g_l / w_m
-    g_w_b = (g_num * y_b + g_den) * past + g_l / w_b
-    g_y_m = g_y_m + g_num * w_m * one_minus - g_l / gap_right
-    g_y_b = g_num * w_b * past + g_l / gap_right
-    # y_m = ((1 - lam) y_a + lam w_b y_b) / norm_m, norm_m = (1 - lam) + lam w_b
-    g_y_a = g_y_a + g_y_m * (1 - lam) / norm_m
-    g_y_b = g_y_b + g_y_m * lam * w_b / norm_m
-    g_w_b = g_w_b + g_y_m * lam * (y_b - y_m) / norm_m
-    g_lam = g_lam + g_y_m * ((w_b * y_b - y_a) - y_m * (w_b - 1)) / norm_m
-    # w_m = (lam d_a + (1 - lam) w_b d_b) / slope
-    g_lam = g_lam + g_w_m * (d_a - w_b * d_b) / slope
-    g_d_a = g_w_m * lam / slope
-    g_d_b = g_w_m * (1 - lam) * w_b / slope
-    g_w_b = g_w_b + g_w_m * (1 - lam) * d_b / slope
-    g_slope = -g_w_m * w_m / slope
-    # w_b = sqrt(d_a / d_b); y_b = y_a + height; slope = height / width
-    g_d_a = g_d_a + g_w_b * w_b / (2 * d_a)
-    g_d_b = g_d_b - g_w_b * w_b / (2 * d_b)
-    g_y_a = g_y_a + g_y_b
-    g_height = g_y_b + g_slope / width
-    # phi = clamp((v - x_a) / width, 0, 1); the log-derivative also has - log(width)
-    g_phi = np.where((raw_phi >= 0) & (raw_phi <= 1), g_phi, 0.0)
-    g_width = -(g_slope * slope + g_phi * raw_phi + np.where(inside, grad_logdet, 0.0)) / width
-    g_x_a = -g_phi / width
-    g_inputs = np.where(inside, g_phi / width, grad_outputs)
-    return g_inputs, g_x_a, g_width, g_y_a, g_height, g_d_a, g_d_b, g_lam
-
-
-#: (forward, backward) NumPy kernels of the data -> noise direction with log-derivative
-_DENSITY_KERNELS = {
-    "rational-quadratic": (_rational_quadratic_density, _rational_quadratic_density_backward),
-    "linear-rational": (_linear_rational_density, _linear_rational_density_backward),
-}
-
-
-class _SplineDensity(torch.autograd.Function):
-    """Spline (data -> noise) and its log-derivative per element, in NumPy, differentiated by hand.
-
-    ``apply(kind, bound, inputs, *bin_quantities)``; see :func:`_rational_quadratic_density`.
-    """
-
-    @staticmethod
-    def forward(ctx, kind, bound, inputs, *quantities):
-        forward, _ = _DENSITY_KERNELS[kind]
-        outputs, log_grad, ctx.saved = forward(inputs.detach().numpy(), bound, *_numpy(*quantities))
-        ctx.kind = kind
-        return torch.from_numpy(outputs), torch.from_numpy(log_grad)
-
-    @staticmethod
-    def backward(ctx, grad_outputs, grad_logdet):
-        _, backward = _DENSITY_KERNELS[ctx.kind]
-        grads = backward(ctx.saved, *_numpy(grad_outputs, grad_logdet))
-        return (None, None, *(torch.from_numpy(np.ascontiguousarray(g)) for g in grads))
 
 
 class _AffineSplineDensity(torch.autograd.Function):
@@ -634,10 +455,9 @@ def evaluate_levels(kind: str, inputs: torch.Tensor, table: torch.Tensor, which=
 
     The same numbers as :func:`evaluate_spline` with the knot tables indexed per row
     (``knots[which]``), but without copying tables per row: every element's bin is looked up
-    in the flattened ``(L, D, K)`` table with one gather. With gradients (training), the
-    data -> noise direction runs through hand-differentiated NumPy kernels, which keeps the
-    autograd graph to a handful of nodes; without gradients everything runs in NumPy
-    (:func:`evaluate_levels_numpy`).
+    in the flattened ``(L, D, K)`` table with one gather. With gradients the formulas run in
+    torch under autograd (training uses :func:`affine_spline_density` instead); without
+    gradients everything runs in NumPy (:func:`evaluate_levels_numpy`).
 
     Parameters
     ----------
@@ -683,9 +503,7 @@ def evaluate_levels(kind: str, inputs: torch.Tensor, table: torch.Tensor, which=
             index = index + (torch.arange(n) * (features * num_bins))[:, None]
     # one gather (and one compact scatter-add in backward) for all quantities
     picked = table.reshape(columns, -1).index_select(1, index.reshape(-1)).view(columns, n, features)
-    if not inverse and logabsdet:
-        return _SplineDensity.apply(kind, bound, inputs, *picked)
-    # gradients through the inverse direction (not needed in training): autograd in torch
+    # gradients by autograd in torch (training has its own compiled kernel: affine_spline_density)
     formula = _linear_rational if kind == "linear-rational" else _rational_quadratic
     outputs, log_grad = formula(clamped, *picked, inverse, logabsdet=logabsdet)
     inside = (inputs >= -bound) & (inputs <= bound)
