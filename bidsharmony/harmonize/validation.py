@@ -224,6 +224,8 @@ class PreparedData:
     def to_frame(self, values: np.ndarray) -> pd.DataFrame:
         """Wrap a ``(n_rows, n_features)`` array in the caller's index and column order."""
         frame = pd.DataFrame(values, index=self.index, columns=self.feature_names)
+        if list(self.input_columns) == list(self.feature_names):
+            return frame  # selecting the same columns would copy every value
         return frame[self.input_columns]
 
 
