@@ -181,7 +181,8 @@ class FlowSCMHarmonizer(Harmonizer):
 
     # ------------------------------------------------------------------ encoding
     def _site_codes(self, sites: np.ndarray) -> np.ndarray:
-        return np.searchsorted(np.asarray(self.sites_, dtype=object), sites.astype(str))
+        """Position of each (validated, known) site label in ``sites_``."""
+        return pd.Index(self.sites_).get_indexer(sites.astype(str))
 
     def _values(self, data: validation.PreparedData) -> dict:
         """Validated arrays -> the SCM's tensors."""
