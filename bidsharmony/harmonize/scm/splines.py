@@ -90,11 +90,10 @@ def _softmax(values: torch.Tensor) -> torch.Tensor:
     return exponentials / exponentials.sum(dim=-1, keepdim=True)
 
 
-def _edges(unnormalized: torch.Tensor, minimum: float, bound: float, softmax=None) -> torch.Tensor:
+def _edges(unnormalized: torch.Tensor, minimum: float, bound: float) -> torch.Tensor:
     """Softmax bin sizes (each >= ``minimum`` of the range) -> knot positions on [-B, B]."""
     num_bins = unnormalized.shape[-1]
-    softmax = _softmax(unnormalized) if softmax is None else softmax
-    sizes = minimum + (1 - minimum * num_bins) * softmax
+    sizes = minimum + (1 - minimum * num_bins) * _softmax(unnormalized)
     inner = torch.cumsum(sizes, dim=-1)[..., :-1] * (2 * bound) - bound
     low = torch.full_like(sizes[..., :1], -bound)
     return torch.cat([low, inner, -low], dim=-1)
@@ -117,20 +116,13 @@ def spline_knots(kind: str, params: torch.Tensor, num_bins: int, bound: float) -
         ``x``, ``y`` (knot positions, ``(..., K + 1)``), ``d`` (derivatives at the knots,
         ``(..., K + 1)``) and, for the linear-rational spline, ``lam`` (``(..., K)``).
     """
-    return _knots_and_softmaxes(kind, params, num_bins, bound)[0]
-
-
-def _knots_and_softmaxes(kind: str, params: torch.Tensor, num_bins: int, bound: float):
-    """:func:`spline_knots` and the softmaxes of the widths and heights (kept for backward)."""
     widths = params[..., :num_bins]
-    heights = params[..., num_bins:2 * num_bins]
     # contiguous: softplus on a strided slice is ~3x slower on CPU
     inner_derivatives = params[..., 2 * num_bins:3 * num_bins - 1].contiguous()
     ones = torch.ones_like(widths[..., :1])
-    softmaxes = (_softmax(widths), _softmax(heights))
     knots = {
-        "x": _edges(widths, MIN_BIN_WIDTH, bound, softmaxes[0]),
-        "y": _edges(heights, MIN_BIN_HEIGHT, bound, softmaxes[1]),
+        "x": _edges(widths, MIN_BIN_WIDTH, bound),
+        "y": _edges(params[..., num_bins:2 * num_bins], MIN_BIN_HEIGHT, bound),
         "d": torch.cat([ones, MIN_DERIVATIVE + F.softplus(inner_derivatives), ones], dim=-1),
     }
     if kind == "linear-rational":
@@ -138,7 +130,7 @@ def _knots_and_softmaxes(kind: str, params: torch.Tensor, num_bins: int, bound: 
         knots["lam"] = MIN_LAMBDA + (1 - 2 * MIN_LAMBDA) * torch.sigmoid(lambdas)
     elif kind != "rational-quadratic":
         raise ValueError(f"unknown spline kind {kind!r}")
-    return knots, softmaxes
+    return knots
 
 
 def _bins(knots: dict, values: torch.Tensor, inverse: bool):
