@@ -20,7 +20,7 @@ import math
 
 import numpy as np
 
-from .kernels import KIND_CODES, _compile
+from .kernels import KIND_CODES, _compile, row_levels
 
 #: torch's softplus is linear above this (its default ``threshold``)
 _SOFTPLUS_LINEAR = 20.0
@@ -245,14 +245,6 @@ def _density_backward(kind, table, which, normalised, scale, softplus_grad, bins
             g_raw_scale[i, j] = -(g_u * u + g_l) / scale[i, j] * softplus_grad[i, j]
 
 
-def _levels(which, n: int, levels: int) -> np.ndarray:
-    if which is not None:
-        return np.asarray(which, dtype=np.int64)
-    if levels == n and n > 1:
-        return np.arange(n)  # one table per row
-    return np.zeros(n, dtype=np.int64)
-
-
 def affine_spline_density(kind: str, inputs: np.ndarray, loc: np.ndarray, raw_scale: np.ndarray,
                           table: np.ndarray, which=None, bound: float = 4.0, floor: float = 1e-3):
     """Affine step, spline (data -> noise, identity tails) and log-derivative per element.
@@ -280,7 +272,7 @@ def affine_spline_density(kind: str, inputs: np.ndarray, loc: np.ndarray, raw_sc
     shape = inputs.shape
     outputs, logdet, normalised, scale, softplus_grad = (np.empty(shape) for _ in range(5))
     bins = np.empty(shape, dtype=np.int64)
-    levels = _levels(which, shape[0], table.shape[1])
+    levels = row_levels(which, shape[0], table.shape[1])
     _density_forward(KIND_CODES[kind], inputs, loc, raw_scale, table, levels, float(bound), float(floor),
                      outputs, logdet, normalised, scale, softplus_grad, bins)
     return outputs, logdet, (levels, normalised, scale, softplus_grad, bins)

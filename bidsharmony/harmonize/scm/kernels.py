@@ -160,9 +160,20 @@ def elementwise_map(kind: str | None, values: np.ndarray, loc: np.ndarray, scale
         table = np.asarray(table, dtype=np.float64)
         edges = np.ascontiguousarray(table[2 if inverse else 0, ..., 1:])  # inner knots (y or x)
         coefficients = bin_coefficients(kind, table)
-    if which is None:
-        which = np.arange(n) if edges.shape[0] == n and n > 1 else np.zeros(n, dtype=np.int64)
     out = np.empty_like(values)
-    _elementwise_map_compiled(values, loc, scale, edges, coefficients, np.asarray(which, dtype=np.int64),
+    _elementwise_map_compiled(values, loc, scale, edges, coefficients, row_levels(which, n, edges.shape[0]),
                               KIND_CODES[kind], bool(inverse), float(bound), out)
     return out
+
+
+def row_levels(which, n: int, levels: int) -> np.ndarray:
+    """The table level of each of ``n`` rows, as the kernels index it.
+
+    ``which`` as given; ``None`` means one table for every row (``levels == 1``) or one table
+    per row (``levels == n``).
+    """
+    if which is not None:
+        return np.asarray(which, dtype=np.int64)
+    if levels == n and n > 1:
+        return np.arange(n)
+    return np.zeros(n, dtype=np.int64)
