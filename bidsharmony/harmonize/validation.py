@@ -109,11 +109,20 @@ def resolve_sex_coding(values: pd.Series, coding="auto"):
     return "labels"
 
 
+def label_codes(values: pd.Series, missing: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Factorize labels: ``(codes, labels)`` with ``labels[codes]`` the stripped text of each row.
+
+    Labels repeat, so the text is cleaned once per distinct value. With ``missing`` (the
+    default) a missing value gets code -1; otherwise it is a label of its own (``"nan"``).
+    """
+    codes, uniques = pd.factorize(values, use_na_sentinel=missing)
+    return codes, pd.Index(uniques, dtype=object).astype(str).str.strip().to_numpy(dtype=object)
+
+
 def stripped_labels(values: pd.Series) -> pd.Series:
     """``values.astype(str).str.strip()``, computed once per distinct value (labels repeat)."""
-    codes, uniques = pd.factorize(values, use_na_sentinel=False)
-    cleaned = pd.Index(uniques, dtype=object).astype(str).str.strip().to_numpy(dtype=object)
-    return pd.Series(cleaned[codes], index=values.index, dtype=object)
+    codes, labels = label_codes(values, missing=False)
+    return pd.Series(labels[codes], index=values.index, dtype=object)
 
 
 def normalize_sex(values: pd.Series, coding="auto") -> np.ndarray:
@@ -137,14 +146,14 @@ def normalize_sex(values: pd.Series, coding="auto") -> np.ndarray:
         accepted ones.
     """
     coding = resolve_sex_coding(values, coding)
-    if values.isna().any():
-        rows = list(values.index[values.isna()])
+    # codes repeat: read each distinct one once (string methods over every row are slow)
+    positions, distinct = pd.factorize(values)
+    if (positions < 0).any():
+        rows = list(values.index[positions < 0])
         raise CovariateError(
             f"covariate 'sex' is missing for {len(rows)} row(s) ({_preview(rows)}); fill it in "
             f"({ACCEPTED_SEX_CODES_TEXT}) or drop those rows"
         )
-    # codes repeat: read each distinct one once (string methods over every row are slow)
-    positions, distinct = pd.factorize(values, use_na_sentinel=False)
     return _sex_of_codes(pd.Series(distinct, dtype=object), coding)[positions]
 
 
@@ -206,6 +215,9 @@ class PreparedData:
         0.0 female / 1.0 male.
     extra : dict
         Further numeric covariates requested by the harmonizer, float64 arrays.
+    site_factors : tuple, optional
+        ``(codes, labels)`` with ``site == labels[codes]`` (:func:`site_codes`), kept so that
+        :meth:`site_positions` looks up each distinct label once.
     """
 
     features: np.ndarray
@@ -216,10 +228,16 @@ class PreparedData:
     age: np.ndarray
     sex: np.ndarray
     extra: dict = field(default_factory=dict)
+    site_factors: tuple | None = field(default=None, repr=False)
 
     @property
     def n_rows(self) -> int:
         return self.features.shape[0]
+
+    def site_positions(self, sites: Sequence[str]) -> np.ndarray:
+        """Each row's position in ``sites`` (a model's site list), -1 for a site not in it."""
+        codes, labels = self.site_factors if self.site_factors is not None else pd.factorize(self.site)
+        return pd.Index(sites).get_indexer(np.asarray(labels, dtype=object))[codes]
 
     def to_frame(self, values: np.ndarray) -> pd.DataFrame:
         """Wrap a ``(n_rows, n_features)`` array in the caller's index and column order."""
@@ -285,8 +303,9 @@ def feature_array(features: pd.DataFrame, feature_names: Sequence[str] | None = 
     columns = [str(c) for c in features.columns]
     if feature_names is not None:
         expected = list(feature_names)
-        missing = [c for c in expected if c not in columns]
-        unexpected = [c for c in columns if c not in expected]
+        present, fitted = set(columns), set(expected)  # hundreds of names: no list scans
+        missing = [c for c in expected if c not in present]
+        unexpected = [c for c in columns if c not in fitted]
         if missing or unexpected:
             parts = []
             if missing:
@@ -301,7 +320,8 @@ def feature_array(features: pd.DataFrame, feature_names: Sequence[str] | None = 
             fix = (f"rename {', '.join(renames)}" if renames else
                    "pass exactly the features the model was fitted on, or refit")
             raise FeatureMismatchError(f"{'; '.join(parts)} compared with the fitted model; {fix}")
-        order = [columns.index(c) for c in expected]
+        position = {name: j for j, name in enumerate(columns)}
+        order = [position[c] for c in expected]
         frame = features if order == list(range(len(columns))) else features.iloc[:, order]
     else:
         expected = columns
@@ -359,20 +379,26 @@ def site_array(covariates: pd.DataFrame, known_sites: Sequence[str] | None = Non
     ``unknown_site_hint`` adds a method-specific way out to the unknown-site error (e.g. the
     flow-SCM's site adaptation).
     """
-    raw = covariates[SITE]
-    if raw.isna().any():
-        rows = list(covariates.index[raw.isna()])
+    codes, labels = site_codes(covariates, known_sites, unknown_site_hint)
+    return labels[codes]
+
+
+def site_codes(covariates: pd.DataFrame, known_sites: Sequence[str] | None = None,
+               unknown_site_hint: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`site_array` factorized, as ``(codes, labels)`` (see :func:`label_codes`)."""
+    codes, labels = label_codes(covariates[SITE])
+    if (codes < 0).any():
+        rows = list(covariates.index[codes < 0])
         raise CovariateError(f"covariate 'site' is missing for row(s) {_preview(rows)}")
-    sites = stripped_labels(raw).to_numpy(dtype=object)
     if known_sites is not None:
-        unknown = sorted(set(sites) - set(known_sites))
+        unknown = sorted(set(labels) - set(known_sites))
         if unknown:
             raise UnknownSiteError(
                 f"site(s) {_preview(unknown)} were not seen when the model was fitted (known "
                 f"sites: {_preview(known_sites, limit=20)}); fix the site labels, or refit the "
                 "model including those sites" + (f", or {unknown_site_hint}" if unknown_site_hint else "")
             )
-    return sites
+    return codes, labels
 
 
 def covariate_columns_present(covariates: pd.DataFrame, extra: Sequence[str] = ()) -> None:
@@ -429,12 +455,14 @@ def prepare(features: pd.DataFrame, covariates: pd.DataFrame, *, feature_names=N
     check_tables(features, covariates)
     covariate_columns_present(covariates, extra_covariates)
     values, names = feature_array(features, feature_names, require_positive=require_positive)
+    codes, labels = site_codes(covariates, known_sites, unknown_site_hint)
     return PreparedData(
         features=values,
         feature_names=names,
         input_columns=list(features.columns),
         index=features.index,
-        site=site_array(covariates, known_sites, unknown_site_hint),
+        site=labels[codes],
+        site_factors=(codes, labels),
         age=age_array(covariates),
         sex=normalize_sex(covariates[SEX], sex_coding),
         extra={name: extra_array(covariates, name) for name in extra_covariates},
@@ -476,7 +504,8 @@ def check_feature_scale(data: PreparedData, fitted_medians: dict) -> None:
         return
     # a unit factor (>= 3x) shows in the medians of a few hundred rows; more only costs time
     step = max(1, data.n_rows // _SCALE_CHECK_ROWS)
-    columns = [data.feature_names.index(n) for n in names]
+    position = {name: j for j, name in enumerate(data.feature_names)}
+    columns = [position[n] for n in names]
     # medians along contiguous rows (a transposed copy): ~3x faster than along strided columns
     now = np.median(np.ascontiguousarray(data.features[::step][:, columns].T), axis=1)
     before = np.array([fitted_medians[n] for n in names])

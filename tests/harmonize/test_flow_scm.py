@@ -51,6 +51,20 @@ def test_reference_rows_are_returned_unchanged(fitted_flow, small_table):
     assert not np.allclose(out[~at_reference].to_numpy(), small_table.features[~at_reference].to_numpy())
 
 
+def test_site_labels_match_as_stripped_text_in_any_row_order(fitted_flow, small_table):
+    """Each row's site is looked up through its distinct label: padded, categorical labels in
+    a shuffled row order harmonize every row as the clean table does."""
+    features, covariates = small_table.features, small_table.covariates
+    expected = fitted_flow.transform(features, covariates)
+    order = np.random.default_rng(0).permutation(len(features))
+    shuffled = covariates.iloc[order].copy()
+    shuffled["site"] = (" " + shuffled["site"].astype(str) + "  ").astype("category")
+    out = fitted_flow.transform(features.iloc[order], shuffled)
+    assert np.allclose(out.to_numpy(), expected.iloc[order].to_numpy(), rtol=1e-12, atol=0)
+    at_reference = (covariates.site.iloc[order] == fitted_flow.reference_site_).to_numpy()
+    assert np.array_equal(out[at_reference].to_numpy(), features.iloc[order][at_reference].to_numpy())
+
+
 def _transform_in_forked_child(model, features, covariates, queue):
     queue.put(model.transform(features, covariates))
 

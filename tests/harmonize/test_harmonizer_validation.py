@@ -1,5 +1,6 @@
 """Input validation shared by all harmonizers: codings, clear errors, warnings."""
 
+import dataclasses
 import warnings
 
 import numpy as np
@@ -47,6 +48,26 @@ def test_unknown_sex_code_lists_found_and_accepted_values():
 def test_missing_sex_is_an_error():
     with pytest.raises(CovariateError, match="missing"):
         validation.normalize_sex(pd.Series(["M", None, "F"]))
+
+
+def test_site_codes_strip_labels_and_refuse_missing_sites():
+    covariates = pd.DataFrame({"site": [" siteB", "siteA ", "siteB", "siteA"]}, index=list("abcd"))
+    codes, labels = validation.site_codes(covariates)
+    assert labels[codes].tolist() == ["siteB", "siteA", "siteB", "siteA"]
+    with pytest.raises(CovariateError, match=r"'site' is missing for row\(s\) 'c'"):
+        validation.site_codes(covariates.assign(site=["siteA", "siteB", np.nan, "siteA"]))
+
+
+def test_site_positions_agree_with_a_lookup_of_every_row(small_table):
+    features, covariates = small_table.features, small_table.covariates.copy()
+    covariates["site"] = covariates["site"] + " "
+    data = validation.prepare(features, covariates)
+    sites = sorted(set(data.site))[::-1]  # any model order
+    expected = [sites.index(site) for site in data.site]
+    assert data.site_positions(sites).tolist() == expected
+    unfactorized = dataclasses.replace(data, site_factors=None)
+    assert unfactorized.site_positions(sites).tolist() == expected
+    assert data.site_positions(sites[:1]).tolist() == [0 if s == sites[0] else -1 for s in data.site]
 
 
 def test_numeric_coding_resolved_at_fit_is_reused(small_table):

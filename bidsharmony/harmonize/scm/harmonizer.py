@@ -188,7 +188,7 @@ class FlowSCMHarmonizer(Harmonizer):
         """Validated arrays -> the SCM's tensors."""
         values = {
             "sex": torch.as_tensor(data.sex, dtype=torch.long),
-            "site": torch.as_tensor(self._site_codes(data.site), dtype=torch.long),
+            "site": torch.as_tensor(data.site_positions(self.sites_), dtype=torch.long),
             "age": torch.as_tensor(data.age, dtype=DTYPE).view(-1, 1),
             FEATURES: torch.as_tensor(data.features, dtype=DTYPE),
         }
@@ -320,10 +320,10 @@ class FlowSCMHarmonizer(Harmonizer):
         self._check_scm()
         self._warn_age(data.age)
         harmonized = data.features.copy()  # reference-site rows stay bit-identical
-        rows = np.flatnonzero(data.site != self.reference_site_)
+        values = self._values(data)
+        reference = self.sites_.index(self.reference_site_)
+        rows = np.flatnonzero(values["site"].numpy() != reference)
         if len(rows):
-            values = self._values(data)
-            reference = self.sites_.index(self.reference_site_)
             do = {"site": torch.full((data.n_rows,), reference, dtype=torch.long)}
             self._counterfactual_array(values, do, rows, out=harmonized)
         return harmonized
