@@ -246,20 +246,32 @@ class ConditionalElementwiseTransform(Transform):
         logabsdet = logabsdet + torch.log(scale)
         return outputs, logabsdet.sum(dim=-1)
 
+    def _affine_halves(self, context, n: int) -> torch.Tensor:
+        """The affine parameters of ``n`` rows as ``(n, 2, D)``: locations, then raw scales.
+
+        The head interleaves them (``(n, D, 2)``). Here its output columns come in halves, so
+        that each half is read with unit stride within a row: on every-other-element views,
+        torch's float64 ``maximum`` and ``clamp`` (in :func:`_positive_scale`) do not vectorise.
+        """
+        if self.affine_head is None:
+            return self.free_affine.T.unsqueeze(0).expand(n, -1, -1)
+        weight, bias = (value.view(self.features, 2, -1).transpose(0, 1).reshape(2 * self.features, -1)
+                        for value in (self.affine_head.weight, self.affine_head.bias.unsqueeze(-1)))
+        return torch.addmm(bias.view(-1), context, weight.T).view(n, 2, self.features)
+
     def _compiled_parameters(self, n: int, context, params=None):
         """Location, positive scale (NumPy) and spline table / row levels for the kernels.
 
-        ``params`` (the affine head's output for ``context``) is computed when not given.
+        ``params`` (:meth:`_affine_halves` of ``context``) is computed when not given.
         """
         if params is None:
-            params = (self.free_affine.expand(n, -1, -1) if self.affine_head is None
-                      else self.affine_head(context).view(n, self.features, 2))
-        scale = _positive_scale(params[..., 1])  # the compiled loop reads the location in place
+            params = self._affine_halves(context, n)
+        scale = _positive_scale(params[:, 1])  # the compiled loop reads the location in place
         table, which = None, None
         if self.spline:
             table, which = self._table(context, n)
             table, which = table.numpy(), None if which is None else which.numpy()
-        return params[..., 0].numpy(), scale.numpy(), table, which
+        return params[:, 0].numpy(), scale.numpy(), table, which
 
     @torch.no_grad()
     def map_compiled(self, values: np.ndarray, context=None, inverse: bool = False) -> np.ndarray:
@@ -283,12 +295,14 @@ class ConditionalElementwiseTransform(Transform):
         n = values.shape[0]
         params = new_params = None
         if self.affine_head is not None:
-            params = self.affine_head(context).view(n, self.features, 2)
+            params = self._affine_halves(context, n)
             change = new_context - context
             changed = torch.nonzero(change.abs().amax(dim=0) > 0)[:, 0]
             if 2 * len(changed) < change.shape[1]:
-                weight = self.affine_head.weight[:, changed]
-                new_params = torch.addmm(params.view(n, -1), change[:, changed], weight.T).view_as(params)
+                # the head's columns of the changed inputs, its output rows in halves as above
+                weight = self.affine_head.weight[:, changed].view(self.features, 2, -1).transpose(0, 1)
+                new_params = torch.addmm(params.view(n, -1), change[:, changed],
+                                         weight.reshape(2 * self.features, -1).T).view_as(params)
         noise = kernels.elementwise_map(self.spline, values, *self._compiled_parameters(n, context, params),
                                         inverse=False, bound=self.tail_bound)
         return kernels.elementwise_map(self.spline, noise, *self._compiled_parameters(n, new_context, new_params),

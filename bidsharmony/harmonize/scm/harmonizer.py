@@ -297,8 +297,9 @@ class FlowSCMHarmonizer(Harmonizer):
         def work(bounds) -> None:
             start, stop = bounds
             chunk = torch.as_tensor(rows[start:stop])
-            part = {k: v[chunk] for k, v in values.items()}
-            part_do = {k: v[chunk] for k, v in do.items()}
+            # index_select copies whole rows (advanced indexing goes element by element)
+            part = {k: v.index_select(0, chunk) for k, v in values.items()}
+            part_do = {k: v.index_select(0, chunk) for k, v in do.items()}
             result = self.scm_.counterfactual(part, part_do)
             out[rows[start:stop]] = result[FEATURES].numpy()
 
