@@ -37,26 +37,39 @@ def _compile(function):
 
 
 # Per-bin coefficients, computed once per table (the per-element loop then needs one
-# division, plus a square root for the quadratic inverse). Columns of the (L, D, K, M) array:
-_X_A, _INV_WIDTH, _WIDTH, _Y_A, _HEIGHT = 0, 1, 2, 3, 4
-_D_A, _SLOPE, _CURVATURE = 5, 6, 7              # rational-quadratic
-_Y_B, _LAMBDA, _W_B, _W_M, _Y_M = 5, 6, 7, 8, 9  # linear-rational
+# division, plus a square root for the quadratic inverse). Columns of the (L, D, K, M) array,
+# rational-quadratic (both directions):
+_X_A, _INV_WIDTH, _WIDTH, _Y_A, _HEIGHT, _D_A, _SLOPE, _CURVATURE = range(8)
+# Linear-rational: each bin is two Möbius pieces, (A p + B q) / (a p + b q) with p and q
+# measured from the piece's ends. Which piece an element falls in is a coin toss: branching
+# on it was mispredicted half the time, which doubled the cost. So each direction stores
+# its pieces' constants as overlapping runs, and an element reads them at an offset of 0
+# (left of the joint) or 1 (right of it). Forward: [x_a, 1/width | A_0, A_1 = B_0, B_1 |
+# a_0, a_1 = b_0, b_1 | 0, lambda, 1]; inverse: [x_a, width | y_a, y_m, y_b | the same
+# a, b | (A, B) of each piece | 0, lambda, 1].
+_LR_NUMERATOR, _LR_DENOMINATOR, _LR_KNOTS = 2, 5, 8
+_LR_WIDTH, _LR_Y, _LR_PAIRS, _LR_BOUNDS = 1, 2, 8, 12
 
 
-def bin_coefficients(kind: str, table: np.ndarray) -> np.ndarray:
-    """``(L, D, K, M)`` per-bin constants of a ``(C, L, D, K)`` table (see :mod:`.splines`)."""
+def bin_coefficients(kind: str, table: np.ndarray, inverse: bool = False) -> np.ndarray:
+    """``(L, D, K, M)`` per-bin constants of a ``(C, L, D, K)`` table (see :mod:`.splines`)
+    for the direction ``inverse`` (the linear-rational layouts differ, see above)."""
     x_a, width, y_a, height, d_a, d_b = table[:6]
     slope = height / width
-    columns = [x_a, 1.0 / width, width, y_a, height]
     if kind == "rational-quadratic":
-        columns += [d_a, slope, d_a + d_b - 2 * slope]
+        columns = [x_a, 1.0 / width, width, y_a, height, d_a, slope, d_a + d_b - 2 * slope]
     else:
         lam = table[6]
         y_b = y_a + height
         w_b = np.sqrt(d_a / d_b)  # w_a = 1
         w_m = (lam * d_a + (1 - lam) * w_b * d_b) / slope
         y_m = ((1 - lam) * y_a + lam * w_b * y_b) / ((1 - lam) + lam * w_b)
-        columns += [y_b, lam, w_b, w_m, y_m]
+        one, zero = np.ones_like(lam), np.zeros_like(lam)
+        denominator, knots = [one, w_m, w_b], [zero, lam, one]
+        if inverse:
+            columns = [x_a, width, y_a, y_m, y_b, *denominator, lam, zero, w_m, lam * w_b, *knots]
+        else:
+            columns = [x_a, 1.0 / width, y_a, w_m * y_m, w_b * y_b, *denominator, *knots]
     return np.ascontiguousarray(np.stack(columns, axis=-1))
 
 
@@ -77,18 +90,18 @@ def _rational_quadratic(value, c, inverse):
 
 def _linear_rational(value, c, inverse):
     """Dolatabadi et al. (2020): two Möbius pieces per bin meeting at ``lambda``."""
-    y_a, y_b, lam, w_b, w_m, y_m = c[_Y_A], c[_Y_B], c[_LAMBDA], c[_W_B], c[_W_M], c[_Y_M]
     if inverse:
-        if value <= y_m:
-            phi = min(lam * (value - y_a) / ((value - y_a) + w_m * (y_m - value)), lam)
-        else:
-            phi = (w_m * (value - y_m) + lam * w_b * (y_b - value)) / (w_m * (value - y_m) + w_b * (y_b - value))
-            phi = min(max(phi, lam), 1.0)
-        return c[_X_A] + phi * c[_WIDTH]
+        piece = int(value > c[_LR_Y + 1])  # right of y_m
+        p, q = value - c[_LR_Y + piece], c[_LR_Y + piece + 1] - value
+        phi = (c[_LR_PAIRS + 2 * piece] * p + c[_LR_PAIRS + 2 * piece + 1] * q) / (
+            c[_LR_DENOMINATOR + piece] * p + c[_LR_DENOMINATOR + piece + 1] * q)
+        phi = min(max(phi, c[_LR_BOUNDS + piece]), c[_LR_BOUNDS + piece + 1])
+        return c[_X_A] + phi * c[_LR_WIDTH]
     phi = min(max((value - c[_X_A]) * c[_INV_WIDTH], 0.0), 1.0)
-    if phi <= lam:
-        return (y_a * (lam - phi) + w_m * y_m * phi) / ((lam - phi) + w_m * phi)
-    return (w_m * y_m * (1 - phi) + w_b * y_b * (phi - lam)) / (w_m * (1 - phi) + w_b * (phi - lam))
+    piece = int(phi > c[_LR_KNOTS + 1])  # right of lambda
+    p, q = c[_LR_KNOTS + piece + 1] - phi, phi - c[_LR_KNOTS + piece]
+    return (c[_LR_NUMERATOR + piece] * p + c[_LR_NUMERATOR + piece + 1] * q) / (
+        c[_LR_DENOMINATOR + piece] * p + c[_LR_DENOMINATOR + piece + 1] * q)
 
 
 _rational_quadratic_compiled = _compile(_rational_quadratic)
@@ -159,7 +172,7 @@ def elementwise_map(kind: str | None, values: np.ndarray, loc: np.ndarray, scale
     else:
         table = np.asarray(table, dtype=np.float64)
         edges = np.ascontiguousarray(table[2 if inverse else 0, ..., 1:])  # inner knots (y or x)
-        coefficients = bin_coefficients(kind, table)
+        coefficients = bin_coefficients(kind, table, inverse)
     out = np.empty_like(values)
     _elementwise_map_compiled(values, loc, scale, edges, coefficients, row_levels(which, n, edges.shape[0]),
                               KIND_CODES[kind], bool(inverse), float(bound), out)
