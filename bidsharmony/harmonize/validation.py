@@ -119,6 +119,12 @@ def label_codes(values: pd.Series, missing: bool = True) -> tuple[np.ndarray, np
     return codes, pd.Index(uniques, dtype=object).astype(str).str.strip().to_numpy(dtype=object)
 
 
+def label_positions(codes: np.ndarray, labels, known: Sequence[str]) -> np.ndarray:
+    """Position in ``known`` of each row's label ``labels[codes]`` (-1: not in it), looking up
+    each distinct label once."""
+    return pd.Index(known).get_indexer(np.asarray(labels, dtype=object))[codes]
+
+
 def stripped_labels(values: pd.Series) -> pd.Series:
     """``values.astype(str).str.strip()``, computed once per distinct value (labels repeat)."""
     codes, labels = label_codes(values, missing=False)
@@ -237,7 +243,7 @@ class PreparedData:
     def site_positions(self, sites: Sequence[str]) -> np.ndarray:
         """Each row's position in ``sites`` (a model's site list), -1 for a site not in it."""
         codes, labels = self.site_factors if self.site_factors is not None else pd.factorize(self.site)
-        return pd.Index(sites).get_indexer(np.asarray(labels, dtype=object))[codes]
+        return label_positions(codes, labels, sites)
 
     def to_frame(self, values: np.ndarray) -> pd.DataFrame:
         """Wrap a ``(n_rows, n_features)`` array in the caller's index and column order."""

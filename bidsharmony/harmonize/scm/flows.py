@@ -255,9 +255,12 @@ class ConditionalElementwiseTransform(Transform):
         """
         if self.affine_head is None:
             return self.free_affine.T.unsqueeze(0).expand(n, -1, -1)
-        weight, bias = (value.view(self.features, 2, -1).transpose(0, 1).reshape(2 * self.features, -1)
-                        for value in (self.affine_head.weight, self.affine_head.bias.unsqueeze(-1)))
+        weight, bias = self._in_halves(self.affine_head.weight), self._in_halves(self.affine_head.bias)
         return torch.addmm(bias.view(-1), context, weight.T).view(n, 2, self.features)
+
+    def _in_halves(self, rows: torch.Tensor) -> torch.Tensor:
+        """The affine head's output rows (weights or biases) ordered as :meth:`_affine_halves`."""
+        return rows.view(self.features, 2, -1).transpose(0, 1).reshape(2 * self.features, -1)
 
     def _compiled_parameters(self, n: int, context, params=None):
         """Location, positive scale (NumPy) and spline table / row levels for the kernels.
@@ -299,10 +302,8 @@ class ConditionalElementwiseTransform(Transform):
             change = new_context - context
             changed = torch.nonzero(change.abs().amax(dim=0) > 0)[:, 0]
             if 2 * len(changed) < change.shape[1]:
-                # the head's columns of the changed inputs, its output rows in halves as above
-                weight = self.affine_head.weight[:, changed].view(self.features, 2, -1).transpose(0, 1)
-                new_params = torch.addmm(params.view(n, -1), change[:, changed],
-                                         weight.reshape(2 * self.features, -1).T).view_as(params)
+                weight = self._in_halves(self.affine_head.weight[:, changed])
+                new_params = torch.addmm(params.view(n, -1), change[:, changed], weight.T).view_as(params)
         noise = kernels.elementwise_map(self.spline, values, *self._compiled_parameters(n, context, params),
                                         inverse=False, bound=self.tail_bound)
         return kernels.elementwise_map(self.spline, noise, *self._compiled_parameters(n, new_context, new_params),

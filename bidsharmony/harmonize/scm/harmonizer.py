@@ -180,10 +180,6 @@ class FlowSCMHarmonizer(Harmonizer):
         return tuple(self.extra_covariates)
 
     # ------------------------------------------------------------------ encoding
-    def _site_codes(self, sites: np.ndarray) -> np.ndarray:
-        """Position of each (validated, known) site label in ``sites_``."""
-        return pd.Index(self.sites_).get_indexer(sites.astype(str))
-
     def _values(self, data: validation.PreparedData) -> dict:
         """Validated arrays -> the SCM's tensors."""
         values = {
@@ -270,8 +266,9 @@ class FlowSCMHarmonizer(Harmonizer):
         for name, value in do.items():
             series = pd.Series(np.broadcast_to(np.asarray(value, dtype=object), (n,)))
             if name == "site":
-                sites = validation.site_array(pd.DataFrame({"site": series}), self.sites_)
-                result[name] = torch.as_tensor(self._site_codes(sites), dtype=torch.long)
+                codes, labels = validation.site_codes(pd.DataFrame({"site": series}), self.sites_)
+                result[name] = torch.as_tensor(validation.label_positions(codes, labels, self.sites_),
+                                               dtype=torch.long)
             elif name == "sex":
                 result[name] = torch.as_tensor(validation.normalize_sex(series, self.sex_coding_), dtype=torch.long)
             elif name == "age":
