@@ -41,6 +41,7 @@ import numpy as np
 import pandas as pd
 from scipy.interpolate import BSpline
 
+from ..utils.rowwise import row_products
 from . import validation
 from .base import Harmonizer
 from .errors import CovariateError, CovariateRangeError, HarmonizerParameterError
@@ -188,7 +189,8 @@ class ComBat(Harmonizer):
         Returns ``(adjusted, expected, scale)`` with ``x' = adjusted * scale + expected``.
         """
         site_index = np.searchsorted(np.asarray(self.sites_, dtype=object), data.site)
-        covariate_mean = self._covariate_design(data, self._age_for_design(data.age)) @ self.covariate_coefficients_
+        covariate_mean = row_products(self._covariate_design(data, self._age_for_design(data.age)),
+                                      self.covariate_coefficients_)
         expected = self.grand_mean_ + covariate_mean
         scale = np.sqrt(self.var_pooled_)
         standardized = (values - expected) / scale

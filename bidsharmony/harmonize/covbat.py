@@ -38,6 +38,7 @@ import logging
 
 import numpy as np
 
+from ..utils.rowwise import row_products
 from . import validation
 from .combat import ComBat
 from .errors import HarmonizerParameterError
@@ -148,11 +149,11 @@ class CovBat(ComBat):
         if self.pca_components_.shape[1] == 0:
             return adjusted
         site_index = np.searchsorted(np.asarray(self.sites_, dtype=object), data.site)
-        scores = (adjusted - self.pca_mean_) @ self.pca_components_
+        scores = row_products(adjusted - self.pca_mean_, self.pca_components_)
         moved = ((scores - self.score_location_[site_index]) / self.score_scale_[site_index]
                  * self.target_scale_ + self.target_location_)
         # only the change of the leading scores goes back: later components stay as they are
-        return adjusted + (moved - scores) @ self.pca_components_.T
+        return adjusted + row_products(moved - scores, self.pca_components_.T)
 
     # ------------------------------------------------------------------ state
     def _get_state(self):

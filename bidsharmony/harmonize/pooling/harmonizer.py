@@ -58,6 +58,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ...utils.rowwise import padded_chunks
 from .. import validation
 from ..base import HARMONIZER_MODULES, Harmonizer
 from ..errors import CovariateError, HarmonizerParameterError, NotFittedError
@@ -77,6 +78,7 @@ MMD_TARGETS = ("invariant", "representation", "both")
 AGE_BIN_TARGET, SEX_TARGET = "age-bin", "sex"
 #: a numeric target with more distinct values than this is regressed, otherwise classified
 MAX_CLASSES = 10
+_CHUNK_ROWS = 256  # rows per network pass at transform time, always this many
 OUTPUT_DESCRIPTION = (
     "Learned representation per scan (equivariant dataset pooling, Lokhande et al. 2022): "
     "invariant to site, equivariant to age. NOT harmonized features: the columns z001... are "
@@ -147,7 +149,8 @@ class EquivariantPooling(Harmonizer):
     log_features : bool
         Model ``log(x)`` (features must be > 0, e.g. volumes).
     num_threads : int
-        torch threads during fit and transform.
+        torch threads during fit (outputs are computed on one, chunk by chunk, so that they
+        do not depend on it).
     reference_site : str, optional
         Kept for the common interface (recorded in the manifest); the representation does not
         use a reference site.
@@ -354,23 +357,30 @@ class EquivariantPooling(Harmonizer):
             raise NotFittedError("the equivariant-pooling model has no trained network")
 
     def _outputs(self, data: validation.PreparedData) -> dict:
-        """Latent, τ, Φ (and predictions) of every row, as NumPy arrays."""
+        """Latent, τ, Φ (and predictions) of every row, as NumPy arrays.
+
+        The network runs on chunks of exactly ``_CHUNK_ROWS`` rows on one torch thread, so
+        that a row's outputs do not depend on the other rows or the thread count (see
+        :mod:`bidsharmony.utils.rowwise`).
+        """
         self._check_network()
+        inputs = to_tensor(self._inputs(data))
+        pieces = []
         previous = torch.get_num_threads()
-        torch.set_num_threads(self.num_threads)
+        torch.set_num_threads(1)
         try:
             with torch.no_grad():
-                x = to_tensor(self._inputs(data))
-                latent = self.network_.encode(x)
-                parts = self.network_.represent(latent)
-                out = {"latent": latent.numpy(), "phi": parts["phi"].flatten(1).numpy(),
-                       "invariant": parts["invariant"].flatten(1).numpy(),
-                       "tau": None if parts["tau"] is None else parts["tau"].numpy()}
-                if self.network_.h is not None:
-                    out["prediction"] = self.network_.predict(parts["phi"]).numpy()
+                for start, stop, positions in padded_chunks(data.n_rows, _CHUNK_ROWS):
+                    latent = self.network_.encode(inputs.index_select(0, torch.as_tensor(positions)))
+                    parts = self.network_.represent(latent)
+                    piece = {"latent": latent, "phi": parts["phi"].flatten(1),
+                             "invariant": parts["invariant"].flatten(1), "tau": parts["tau"]}
+                    if self.network_.h is not None:
+                        piece["prediction"] = self.network_.predict(parts["phi"])
+                    pieces.append({k: None if v is None else v[:stop - start].numpy() for k, v in piece.items()})
         finally:
             torch.set_num_threads(previous)
-        return out
+        return {k: None if pieces[0][k] is None else np.concatenate([p[k] for p in pieces]) for k in pieces[0]}
 
     def _transform(self, data: validation.PreparedData) -> np.ndarray:
         return self._outputs(data)["phi"]

@@ -37,11 +37,14 @@ from nflows.transforms import made as made_module
 from nflows.transforms.base import CompositeTransform, Transform
 from nflows.transforms.permutations import ReversePermutation
 
+from ...utils.rowwise import padded_chunks
 from . import kernels, splines
 
 FLOWS = ("affine", "linear-spline", "quadratic-spline")
 ARCHITECTURES = ("elementwise", "autoregressive")
 _SCALE_FLOOR = 1e-3
+#: the shape head runs on the distinct levels of a chunk in blocks of exactly this many rows
+_LEVEL_BLOCK = 64
 _UNIT_SCALE = math.log(math.expm1(1.0 - _SCALE_FLOOR))  # softplus^-1 so the initial scale is 1
 
 
@@ -78,6 +81,19 @@ class ContextNetwork(nn.Module):
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         return self.net(inputs)
+
+
+def _in_fixed_blocks(function, rows: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """``function(rows)`` evaluated on blocks of exactly ``_LEVEL_BLOCK`` rows, joined on ``dim``.
+
+    How many distinct levels a chunk has depends on which scans are in it. A matrix product
+    with another number of rows rounds differently, and torch's vectorised ``exp``/``log``
+    treat the last few elements of a tensor with a scalar formula; on blocks of one shape, a
+    multiple of the vector width, a level's numbers depend on that level alone.
+    """
+    blocks = [function(rows.index_select(0, torch.as_tensor(positions))).narrow(dim, 0, stop - start)
+              for start, stop, positions in padded_chunks(rows.shape[0], _LEVEL_BLOCK)]
+    return blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=dim)
 
 
 def _distinct_rows(codes: torch.Tensor):
@@ -205,10 +221,15 @@ class ConditionalElementwiseTransform(Transform):
         else:
             # discrete shape context: one spline per distinct row of it (e.g. site x sex)
             levels, which = _distinct_rows(context[:, self.shape_columns].detach())
-            params = self.shape_head(levels).view(len(levels), self.features, -1)
             if len(levels) == 1:
                 which = None
+            return _in_fixed_blocks(self._level_table, levels, dim=1), which
         return splines.spline_table(self.spline, params, self.num_bins, self.tail_bound), which
+
+    def _level_table(self, levels: torch.Tensor) -> torch.Tensor:
+        """Spline table ``(C, L, D, K)`` of ``L`` rows of discrete shape context."""
+        params = self.shape_head(levels).view(len(levels), self.features, -1)
+        return splines.spline_table(self.spline, params, self.num_bins, self.tail_bound)
 
     def _spline(self, values, context, inverse, logabsdet=True):
         """Spline (or inverse) of ``values`` ``(n, D)`` with the context's shapes."""

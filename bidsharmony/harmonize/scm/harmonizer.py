@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
@@ -30,6 +29,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ...utils.rowwise import padded_chunks
 from .. import validation
 from ..base import Harmonizer
 from ..errors import CovariateError, HarmonizerParameterError, NotEnoughSubjectsError, NotFittedError
@@ -42,7 +42,7 @@ LOGGER = logging.getLogger(__name__)
 FEATURES = "x"
 #: batch size of the covariate mechanisms' training (see FlowSCMHarmonizer)
 COVARIATE_BATCH_SIZE = 1024
-_CHUNK_ROWS = 2048  # most rows per pass at transform time: bounds memory (autoregressive splines)
+_CHUNK_ROWS = 2048  # rows per pass at transform time, always this many (see FlowSCMHarmonizer._map_rows)
 
 
 @functools.lru_cache(maxsize=None)
@@ -282,37 +282,43 @@ class FlowSCMHarmonizer(Harmonizer):
                                 else torch.as_tensor(numbers, dtype=DTYPE).view(-1, 1))
         return result
 
-    def _counterfactual_array(self, values: dict, do: dict, rows: np.ndarray, out: np.ndarray) -> np.ndarray:
-        """Write the counterfactual features of ``rows`` into those rows of ``out``, in chunks.
+    def _map_rows(self, compute, tensors: dict, rows: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """Write ``compute(tensors at rows)`` into those rows of ``out``, chunk by chunk.
 
-        Equal chunks of at most ~2,000 rows: per-chunk work (context network, spline tables)
-        is amortised and memory stays bounded. With ``num_threads > 1`` the chunks run in that
-        many Python threads: the compiled element-wise kernels and torch's operations release
-        the GIL. Each chunk writes its own rows of ``out``.
+        Every chunk has exactly ``_CHUNK_ROWS`` rows (the last one padded by repeating its
+        last row) and runs on one torch thread: the matrix products then have the same shape
+        and kernel whatever the number of rows, their order or ``num_threads``, so a row's
+        numbers depend on that row alone (a BLAS rounds a product of another shape or thread
+        split differently in the last bits). With ``num_threads > 1`` the chunks run in that
+        many Python threads: the compiled kernels release the GIL. Chunks also bound memory.
         """
 
-        def work(bounds) -> None:
-            start, stop = bounds
-            chunk = torch.as_tensor(rows[start:stop])
+        def work(chunk) -> None:
+            start, stop, positions = chunk
             # index_select copies whole rows (advanced indexing goes element by element)
-            part = {k: v.index_select(0, chunk) for k, v in values.items()}
-            part_do = {k: v.index_select(0, chunk) for k, v in do.items()}
-            result = self.scm_.counterfactual(part, part_do)
-            out[rows[start:stop]] = result[FEATURES].numpy()
+            selected = torch.as_tensor(rows[positions])
+            result = compute({k: v.index_select(0, selected) for k, v in tensors.items()})
+            out[rows[start:stop]] = result[:stop - start].numpy()
 
-        # a multiple of the thread count, so that the threads finish together
-        count = math.ceil(len(rows) / _CHUNK_ROWS / self.num_threads) * self.num_threads
-        edges = np.linspace(0, len(rows), count + 1).round().astype(int)
-        chunks = [(a, b) for a, b in zip(edges[:-1], edges[1:]) if b > a]
-        if self.num_threads > 1 and len(chunks) > 1:
-            # one torch thread per worker: the workers are the parallelism
-            with torch_threads(1):
+        chunks = list(padded_chunks(len(rows), _CHUNK_ROWS))
+        with torch_threads(1):
+            if self.num_threads > 1 and len(chunks) > 1:
                 list(_chunk_workers(self.num_threads).map(work, chunks))
-        else:
-            with torch_threads(self.num_threads):
+            else:
                 for chunk in chunks:
                     work(chunk)
         return out
+
+    def _counterfactual_array(self, values: dict, do: dict, rows: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """Write the counterfactual features of ``rows`` (under ``do``) into those rows of ``out``."""
+        tensors = {**{("value", k): v for k, v in values.items()}, **{("do", k): v for k, v in do.items()}}
+
+        def compute(part: dict) -> torch.Tensor:
+            observed = {k: v for (kind, k), v in part.items() if kind == "value"}
+            intervened = {k: v for (kind, k), v in part.items() if kind == "do"}
+            return self.scm_.counterfactual(observed, intervened)[FEATURES]
+
+        return self._map_rows(compute, tensors, rows, out)
 
     def _transform(self, data: validation.PreparedData) -> np.ndarray:
         self._check_scm()
@@ -371,10 +377,13 @@ class FlowSCMHarmonizer(Harmonizer):
         self._check_scm()
         data = self._prepare(features, covariates, fitted=True)
         values = self._values(data)
-        with torch_threads(self.num_threads):
-            parts = evaluate_log_prob(self.scm_, values)
-        total = parts[FEATURES] if not joint else torch.stack(list(parts.values())).sum(dim=0)
-        return pd.Series(total.numpy(), index=data.index, name="log_prob")
+
+        def compute(part: dict) -> torch.Tensor:
+            terms = evaluate_log_prob(self.scm_, part)
+            return terms[FEATURES] if not joint else torch.stack(list(terms.values())).sum(dim=0)
+
+        total = self._map_rows(compute, values, np.arange(data.n_rows), np.empty(data.n_rows))
+        return pd.Series(total, index=data.index, name="log_prob")
 
     def sample(self, n: int, covariates: pd.DataFrame | None = None, seed: int | None = None):
         """Draw scans from the model.
