@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..utils.derivatives import derivative_bids_uri, software_versions
+from ..utils.derivatives import derivative_bids_uri, generated_by
 from ..utils.io import atomic_path, atomic_write_json
 
 LOGGER = logging.getLogger("bidsharmony")
@@ -19,7 +19,7 @@ def write_table(table: pd.DataFrame, path: Path, meta: dict) -> Path:
     with atomic_path(path) as tmp:
         table.to_csv(tmp, sep="\t", index=False, na_rep="n/a")
     sidecar = path.with_name(path.name[: -len(".tsv")] + ".json")
-    atomic_write_json(sidecar, {"SoftwareVersions": software_versions(), **meta})
+    atomic_write_json(sidecar, {"GeneratedBy": generated_by(), **meta})
     return path
 
 
@@ -156,7 +156,7 @@ def write_image(data, like, path: Path, meta: dict) -> Path:
     with atomic_path(path) as tmp:
         img.to_filename(tmp)
     sidecar = path.with_name(path.name[: -len(".nii.gz")] + ".json")
-    atomic_write_json(sidecar, {"SoftwareVersions": software_versions(), **meta})
+    atomic_write_json(sidecar, {"GeneratedBy": generated_by(), **meta})
     return path
 
 

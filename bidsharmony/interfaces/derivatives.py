@@ -14,7 +14,7 @@ from nipype.interfaces.base import (
     traits,
 )
 
-from ..utils.derivatives import derivative_bids_uri, derivative_path, raw_bids_uri, software_versions
+from ..utils.derivatives import derivative_bids_uri, derivative_path, generated_by, raw_bids_uri
 from ..utils.io import atomic_copy, atomic_write_json
 
 
@@ -53,7 +53,8 @@ class DerivativesDataSink(SimpleInterface):
     """Copy ``in_file`` to its BIDS-Derivatives name and write a sidecar.
 
     The sidecar carries ``Sources`` as BIDS URIs (``bids:raw:`` for the input scan,
-    ``bids::`` for other derivatives), the software versions and ``meta_dict``. Both files
+    ``bids::`` for other derivatives), the software versions (``GeneratedBy``, see
+    :func:`~bidsharmony.utils.derivatives.generated_by`) and ``meta_dict``. Both files
     are written to a temporary name and renamed, so an interrupted run never leaves a
     truncated file under a final name.
     """
@@ -80,7 +81,7 @@ class DerivativesDataSink(SimpleInterface):
 
         sources = [raw_bids_uri(inputs.source_file, inputs.bids_dir)]
         sources += [derivative_bids_uri(s) for s in (inputs.sources or [])]
-        meta = {"Sources": sources, "SoftwareVersions": software_versions()}
+        meta = {"Sources": sources, "GeneratedBy": generated_by()}
         meta.update(inputs.meta_dict or {})
         out_meta = out_file.parent / (out_file.name[: -len(extension)] + ".json")
         if extension == ".json":  # a JSON output is its own sidecar

@@ -84,6 +84,18 @@ def software_versions() -> dict[str, str]:
     return versions
 
 
+def generated_by() -> list[dict[str, str]]:
+    """Provenance of one derivative file: bidsharmony, then the packages that shaped it.
+
+    BIDS reserves ``SoftwareVersions`` (a string) for the scanner's software, which raw
+    sidecars carry, so the pipeline's versions go in a list shaped like the ``GeneratedBy``
+    of ``dataset_description.json`` (``Name``, ``Version``, ``CodeURL``), one entry a package.
+    """
+    versions = software_versions()
+    entries = [{"Name": "bidsharmony", "Version": versions.pop("bidsharmony"), "CodeURL": CODE_URL}]
+    return entries + [{"Name": name, "Version": version} for name, version in versions.items()]
+
+
 def dataset_description(bids_dir: str | os.PathLike, container: dict | None = None) -> dict:
     """The ``dataset_description.json`` of bidsharmony's derivatives."""
     bids_dir = Path(bids_dir).absolute()
@@ -131,11 +143,28 @@ def write_dataset_description(output_dir: str | os.PathLike, bids_dir: str | os.
     return atomic_write_json(path, description)
 
 
-BIDSIGNORE = ("logs/", "work/", "group/", "*.html", "sub-*/**/figures/")
+# What the BIDS validator must not judge. The validator matches directories without a
+# trailing slash, hence "sub-*/figures" rather than "figures/".
+BIDSIGNORE = (
+    "# Not BIDS: run logs, the work folder, group-level results and the HTML reports.",
+    "logs/",
+    "work/",
+    "group/",
+    "*.html",
+    "# QC figures (fMRIPrep-style sub-<label>/figures/): no BIDS datatype for them.",
+    "sub-*/figures",
+    "sub-*/ses-*/figures",
+    "# Not in BIDS 1.11 yet: ROI tables (_morph.tsv) and transforms (_xfm.h5, BEP014),",
+    "# with their JSON sidecars.",
+    "*_morph.tsv",
+    "*_morph.json",
+    "*_xfm.h5",
+    "*_xfm.json",
+)
 
 
 def write_bidsignore(output_dir: str | os.PathLike) -> Path:
-    """List what the BIDS validator should not judge: logs, work folder, group tables, reports."""
+    """Write the derivatives' ``.bidsignore`` (:data:`BIDSIGNORE`; atomic, skipped when identical)."""
     from .io import atomic_write_text
 
     path = Path(output_dir) / ".bidsignore"

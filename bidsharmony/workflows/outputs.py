@@ -36,6 +36,7 @@ def init_ds_anat_native_wf(*, output_dir, bids_dir, parameters: dict, name="ds_a
         name="inputnode",
     )
     common = {"output_dir": output_dir, "bids_dir": bids_dir}
+    # BIDS requires SkullStripped on preprocessed T1w: bidsharmony's keep the whole head.
     preproc_meta = {"SkullStripped": False, **parameters}
     ds_t1w = derivatives_sink("ds_t1w", desc="preproc", suffix="T1w", meta=preproc_meta, **common)
     ds_mask = derivatives_sink("ds_mask", desc="brain", suffix="mask", meta={"Type": "Brain", **parameters}, **common)
@@ -67,7 +68,9 @@ def init_ds_template_wf(*, output_dir, bids_dir, template: str, parameters: dict
     # A standard TemplateFlow identifier in `space-` needs no SpatialReference (BIDS 1.9).
     spatial = {"Template": template, **parameters}
     sinks = {
-        "std_t1w": derivatives_sink("ds_std_t1w", space=template, desc="preproc", suffix="T1w", meta=spatial, **common),
+        "std_t1w": derivatives_sink(
+            "ds_std_t1w", space=template, desc="preproc", suffix="T1w", meta={"SkullStripped": False, **spatial}, **common
+        ),
         "std_mask": derivatives_sink("ds_std_mask", space=template, desc="brain", suffix="mask", meta={"Type": "Brain", **spatial}, **common),
         "forward_xfm": derivatives_sink(
             "ds_forward_xfm", from_="T1w", to=template, mode="image", suffix="xfm", extension=".h5",
@@ -88,6 +91,8 @@ def init_ds_morphometry_wf(*, output_dir, bids_dir, atlas: str, atlas_meta: dict
     workflow = pe.Workflow(name=name)
     inputnode = pe.Node(niu.IdentityInterface(fields=["source_file", "atlas_native", "morph_tsv"]), name="inputnode")
     common = {"output_dir": output_dir, "bids_dir": bids_dir}
+    # No root atlas-<label>_description.json (BIDS 1.11 recommends one): bids-validator 3.0.2
+    # reports it as SIDECAR_WITHOUT_DATAFILE, an error, while its absence is a warning.
     ds_atlas = derivatives_sink("ds_atlas", atlas=atlas, suffix="dseg", meta={**atlas_meta, **parameters}, **common)
     morph_meta = {
         "Units": "mm^3",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -9,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 from filelock import FileLock
 
 # Files every processed T1w without sessions gets in ``sub-<label>/anat/`` (4 mm run).
@@ -51,6 +53,41 @@ def bidsharmony_command(*args) -> list[str]:
 
 def run_bidsharmony(*args, env: dict, timeout: float = 600) -> subprocess.CompletedProcess:
     return subprocess.run(bidsharmony_command(*args), env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def bids_validator_errors(dataset: Path) -> list[dict]:
+    """The errors the BIDS schema validator finds in ``dataset`` (raw or derivative).
+
+    Runs ``bids-validator-deno --format json DATASET`` (PyPI's packaging of the current
+    validator, pinned in requirements.txt). It uses the schema bundled with it, so it needs
+    no network; ``DatasetType`` in ``dataset_description.json`` selects the derivative
+    rules. A missing executable fails the test rather than skipping it: CI installs it.
+
+    Parameters
+    ----------
+    dataset : pathlib.Path
+        Folder holding a ``dataset_description.json``.
+
+    Returns
+    -------
+    list of dict
+        The validator's issues of severity ``error`` (``code``, ``subCode``, ``location``...).
+    """
+    executable = shutil.which("bids-validator-deno", path=process_env()["PATH"])
+    if executable is None:
+        pytest.fail("bids-validator-deno not found: install requirements.txt (pip install bids-validator-deno)")
+    env = {**process_env(), "DENO_NO_UPDATE_CHECK": "1"}
+    result = subprocess.run([executable, "--format", "json", str(dataset)], env=env,
+                            capture_output=True, text=True, timeout=300)
+    if not result.stdout.strip():  # no report at all: the validator itself failed
+        pytest.fail(f"bids-validator-deno exited {result.returncode} without a report: {result.stderr[-2000:]}")
+    issues = json.loads(result.stdout)["issues"]["issues"]
+    return [issue for issue in issues if issue["severity"] == "error"]
+
+
+def format_issues(issues: list[dict]) -> str:
+    """One line per issue: code, sub-code (e.g. the sidecar key) and file."""
+    return "\n".join(" ".join(filter(None, (i["code"], i.get("subCode"), i.get("location")))) for i in issues)
 
 
 def missing_outputs(output_dir: Path, subjects) -> list[str]:

@@ -2,7 +2,8 @@
 
 Two subjects at 4 mm with 'fast' registration, one ``bidsharmony ... participant
 --participant-label X`` process each, started together with an empty TemplateFlow cache (so
-they also race to fill it). About a minute on 2 cores.
+they also race to fill it). About a minute on 2 cores. The input and the resulting
+derivatives must also pass the BIDS validator with 0 errors.
 """
 
 import json
@@ -13,11 +14,13 @@ import tomllib
 import pytest
 
 from bidsharmony.datasets.synthetic import make_dataset
-from bidsharmony.utils.derivatives import container_info, dataset_description
+from bidsharmony.utils.derivatives import container_info, dataset_description, write_bidsignore
 from integration_helpers import (
     PARTICIPANT_OPTIONS,
+    bids_validator_errors,
     bidsharmony_command,
     build_once,
+    format_issues,
     missing_outputs,
     process_env,
 )
@@ -64,7 +67,35 @@ def test_dataset_description_is_whole_and_expected(concurrent_run):
     written = json.loads((out / "dataset_description.json").read_text())
     expected = json.loads(json.dumps(dataset_description(bids_dir, container_info()), default=str))
     assert written == expected
-    assert (out / ".bidsignore").read_text().splitlines()[0] == "logs/"
+    assert "logs/" in (out / ".bidsignore").read_text().splitlines()
+
+
+def test_input_and_outputs_pass_the_bids_validator(concurrent_run):
+    """0 errors on the input dataset and on the job array's derivatives (warnings allowed)."""
+    bids_dir, out, codes, _ = concurrent_run
+    assert codes == [0] * len(SUBJECTS)
+    for dataset in (bids_dir, out):
+        errors = bids_validator_errors(dataset)
+        assert not errors, f"{len(errors)} BIDS validator error(s) in {dataset}:\n{format_issues(errors)}"
+
+
+def test_bidsignore_covers_session_folders(tmp_path):
+    """The run above has no sessions: check the ``.bidsignore`` on ``ses-*`` folders too.
+
+    Files the specification does not cover yet (QC figures, ROI tables, transforms) under a
+    session must be ignored, not reported as NOT_INCLUDED.
+    """
+    (tmp_path / "dataset_description.json").write_text(json.dumps(
+        {"Name": "test", "BIDSVersion": "1.9.0", "DatasetType": "derivative", "GeneratedBy": [{"Name": "bidsharmony"}]}))
+    write_bidsignore(tmp_path)
+    stem = "sub-01/ses-1/anat/sub-01_ses-1"
+    for name in ("sub-01/ses-1/figures/sub-01_ses-1_desc-reg_T1w.png", f"{stem}_atlas-X_desc-volume_morph.tsv",
+                 f"{stem}_atlas-X_desc-volume_morph.json", f"{stem}_from-T1w_to-MNI_mode-image_xfm.h5",
+                 f"{stem}_from-T1w_to-MNI_mode-image_xfm.json"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("{}")
+    errors = bids_validator_errors(tmp_path)
+    assert not errors, format_issues(errors)
 
 
 def test_each_process_keeps_its_own_log_and_settings(concurrent_run):

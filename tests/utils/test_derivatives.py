@@ -7,6 +7,7 @@ import pytest
 
 from bidsharmony.utils.derivatives import (
     derivative_path,
+    generated_by,
     parse_entities,
     raw_bids_uri,
     write_dataset_description,
@@ -41,6 +42,14 @@ def test_dataset_description_is_a_valid_derivative(tmp_path):
     mtime = path.stat().st_mtime_ns
     write_dataset_description(tmp_path / "out", bids)  # identical content: left alone
     assert path.stat().st_mtime_ns == mtime
+
+
+def test_generated_by_lists_every_package_as_bids_provenance():
+    """Not ``SoftwareVersions``: BIDS types it a string and means the scanner's software."""
+    entries = generated_by()
+    assert entries[0]["Name"] == "bidsharmony" and entries[0]["CodeURL"].startswith("https://")
+    assert {"python", "nipype", "antspyx"} <= {e["Name"] for e in entries}
+    assert all(isinstance(e["Version"], str) for e in entries)
 
 
 def test_atomic_write_leaves_nothing_on_error(tmp_path):
