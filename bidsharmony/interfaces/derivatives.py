@@ -56,7 +56,8 @@ class DerivativesDataSink(SimpleInterface):
     ``bids::`` for other derivatives), the software versions (``GeneratedBy``, see
     :func:`~bidsharmony.utils.derivatives.generated_by`) and ``meta_dict``. Both files
     are written to a temporary name and renamed, so an interrupted run never leaves a
-    truncated file under a final name.
+    truncated file under a final name; a file that already holds the same bytes is left as
+    it is, so re-running a cached sink restores deleted outputs without touching the others.
     """
 
     input_spec = _DerivativesDataSinkInputSpec
@@ -77,7 +78,7 @@ class DerivativesDataSink(SimpleInterface):
             inputs.source_file, datatype=inputs.datatype, suffix=inputs.suffix, extension=extension, **entities
         )
         out_file = Path(inputs.base_directory) / rel
-        atomic_copy(inputs.in_file, out_file)
+        atomic_copy(inputs.in_file, out_file, keep_identical=True)
 
         sources = [raw_bids_uri(inputs.source_file, inputs.bids_dir)]
         sources += [derivative_bids_uri(s) for s in (inputs.sources or [])]
@@ -87,7 +88,7 @@ class DerivativesDataSink(SimpleInterface):
         if extension == ".json":  # a JSON output is its own sidecar
             out_meta = out_file
         else:
-            atomic_write_json(out_meta, meta)
+            atomic_write_json(out_meta, meta, keep_identical=True)
         self._results["out_file"] = str(out_file)
         self._results["out_meta"] = str(out_meta)
         return runtime

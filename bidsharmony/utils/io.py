@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import filecmp
 import json
 import os
 import shutil
@@ -33,20 +34,30 @@ def atomic_path(path: str | os.PathLike):
             tmp.unlink()
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` atomically and return the path."""
+def atomic_write_text(path: str | os.PathLike, text: str, keep_identical: bool = False) -> Path:
+    """Write ``text`` to ``path`` atomically and return the path.
+
+    ``keep_identical``: leave ``path`` untouched (same mtime) when it already holds ``text``.
+    """
+    if keep_identical and Path(path).is_file() and Path(path).read_text() == text:
+        return Path(path)
     with atomic_path(path) as tmp:
         tmp.write_text(text)
     return Path(path)
 
 
-def atomic_write_json(path: str | os.PathLike, data) -> Path:
-    """Write ``data`` as indented, key-sorted JSON to ``path`` atomically."""
-    return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+def atomic_write_json(path: str | os.PathLike, data, keep_identical: bool = False) -> Path:
+    """Write ``data`` as indented, key-sorted JSON to ``path`` atomically (see :func:`atomic_write_text`)."""
+    return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n", keep_identical)
 
 
-def atomic_copy(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
-    """Copy ``src`` to ``dst`` atomically (metadata not kept) and return ``dst``."""
+def atomic_copy(src: str | os.PathLike, dst: str | os.PathLike, keep_identical: bool = False) -> Path:
+    """Copy ``src`` to ``dst`` atomically (metadata not kept) and return ``dst``.
+
+    ``keep_identical``: leave ``dst`` untouched (same mtime) when its bytes equal ``src``'s.
+    """
+    if keep_identical and Path(dst).is_file() and filecmp.cmp(src, dst, shallow=False):
+        return Path(dst)
     with atomic_path(dst) as tmp:
         shutil.copyfile(src, tmp)
     return Path(dst)

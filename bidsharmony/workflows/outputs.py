@@ -24,6 +24,9 @@ def derivatives_sink(name, *, output_dir, bids_dir, meta=None, **entities):
         ),
         name=name,
         run_without_submitting=True,
+        # run again even when cached: an output deleted since the last run is written again
+        # (an unchanged one is left as it is, see DerivativesDataSink)
+        overwrite=True,
         mem_gb=DEFAULT_MEMORY_MIN_GB,
     )
 

@@ -100,6 +100,20 @@ def test_rerun_recomputes_nothing(participant_run):
     assert {p: p.stat().st_mtime_ns for p in outputs} == before
 
 
+def test_rerun_writes_deleted_outputs_again(participant_run):
+    """Outputs deleted since a run come back when it is re-run with the same work folder,
+    byte for byte, although every computing node is cached; the others are not touched."""
+    _, out, _, argv = participant_run
+    anat = sorted((out / f"sub-{SUBJECT}").glob("ses-*/anat"))[0]
+    saved = {p.relative_to(out): p.read_bytes() for p in anat.iterdir()}
+    untouched = {p: p.stat().st_mtime_ns for p in out.rglob("sub-*/**/*") if p.is_file() and anat not in p.parents}
+    for name in saved:
+        (out / name).unlink()
+    assert _run(argv) == 0
+    assert {p.relative_to(out): p.read_bytes() for p in anat.iterdir()} == saved
+    assert {p: p.stat().st_mtime_ns for p in untouched} == untouched
+
+
 def test_group_level_collects_the_participant_tables(participant_run):
     dataset, out, work, _ = participant_run
     assert _run([dataset.bids_dir, out, "group", "--site-column", "site", "-w", work]) == 0
@@ -108,6 +122,7 @@ def test_group_level_collects_the_participant_tables(participant_run):
     assert (table["participant_id"] == f"sub-{SUBJECT}").all()
 
 
+@pytest.mark.determinism
 def test_one_process_gives_the_same_bytes_as_two(participant_run, tmp_path):
     """``--nprocs`` decides only how many nodes run at once: with the same ``--random-seed``,
     every derivative image and table of a one-process run is byte-identical to the
