@@ -15,6 +15,8 @@ from bidsharmony.datasets.tabular import make_feature_table
 from bidsharmony.harmonize import HARMONIZERS, get_harmonizer
 from harmonize_helpers import FAST_FLOW, fit_quietly
 
+pytestmark = pytest.mark.determinism
+
 TINY = {
     "flow-scm": {**FAST_FLOW, "epochs": 3},
     "equivariant-pooling": {"epochs_stage1": 3, "epochs_stage2": 3, "min_subjects_per_site": 5},

@@ -69,6 +69,7 @@ def _transform_in_forked_child(model, features, covariates, queue):
     queue.put(model.transform(features, covariates))
 
 
+@pytest.mark.determinism
 def test_threaded_transform_is_bit_identical_and_survives_fork(fitted_flow, small_table):
     """Chunks run in reused worker threads: same numbers as one thread, and a process forked
     after a threaded transform (which inherits the pool but not its threads) starts its own."""

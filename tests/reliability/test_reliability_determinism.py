@@ -15,6 +15,8 @@ import pytest
 
 from reliability_helpers import group_argv, run_cli, write_group_inputs
 
+pytestmark = pytest.mark.determinism
+
 METHODS = ("combat", "flow-scm")
 TABLES = ("desc-raw_morph.tsv", "desc-combat_morph.tsv", "desc-flowscm_morph.tsv")
 
