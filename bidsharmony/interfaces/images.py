@@ -115,6 +115,11 @@ def _check_grid(path, img) -> np.ndarray:
     the direction matrix; real shear is rejected, because ITK refuses non-orthonormal
     directions and nibabel would silently keep them.
     """
+    if int(img.header["qform_code"]) == 0 and int(img.header["sform_code"]) == 0:
+        # nibabel then assumes a radiological (LAS) grid from pixdim alone: left and right
+        # would be a guess, and zero voxel sizes silently become 1 mm
+        _reject(path, "has no orientation in its header (qform_code and sform_code are both 0)",
+                "convert the scan again from DICOM (e.g. with dcm2niix) so that the header holds its orientation")
     affine = np.asarray(img.affine, dtype=np.float64)
     if not np.all(np.isfinite(affine)):
         _reject(path, "has a non-finite affine (NaN in the header)", "fix the qform/sform of the header")
@@ -169,8 +174,8 @@ def validate_t1w(path, notes: list[str] | None = None) -> nb.Nifti1Image:
     ------
     bidsharmony.errors.InputDataError
         With one line naming the file, the problem and the fix, if the file is unreadable,
-        truncated, not 3D, has NaN/Inf voxels, is empty, has an implausible voxel size or a
-        sheared/singular affine.
+        truncated, not 3D, has NaN/Inf voxels, is empty, has no orientation (qform and sform
+        codes 0), an implausible voxel size or a sheared/singular affine.
     """
     notes = [] if notes is None else notes
     img, data = _load(path)

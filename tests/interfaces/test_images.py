@@ -63,6 +63,17 @@ def _zero_voxel_size(tmp_path) -> str:
     return str(path)
 
 
+def _no_orientation(tmp_path) -> str:
+    """qform_code = sform_code = 0 and pixdim 0 (nibabel reads such a file as 1 mm LAS)."""
+    path = tmp_path / "sub-01_noorient_T1w.nii"
+    nb.Nifti1Image(_head_like(), np.diag([2.0, 2.0, 2.0, 1.0])).to_filename(path)
+    raw = bytearray(path.read_bytes())
+    raw[80:92] = np.zeros(3, dtype="<f4").tobytes()
+    raw[252:256] = np.zeros(2, dtype="<i2").tobytes()
+    path.write_bytes(bytes(raw))
+    return str(path)
+
+
 def _sheared():
     affine = np.diag([2.0, 2.0, 2.0, 1.0])
     affine[0, 1] = 0.3  # x depends on j: voxel axes 8.5 deg from orthogonal
@@ -91,6 +102,7 @@ BAD_FILES = {
     "empty": (_file("sub-01_empty_T1w.nii.gz", np.zeros((20, 24, 18), np.float32)), "empty"),
     "constant": (_file("sub-01_const_T1w.nii.gz", np.full((20, 24, 18), 7, np.int16)), "empty"),
     "zero_voxel": (_zero_voxel_size, "voxel size"),
+    "no_orientation": (_no_orientation, "no orientation"),
     "huge_voxel": (_file("sub-01_bigvox_T1w.nii.gz", _IMAGE, np.diag([2.0, 12.0, 2.0, 1.0])), "voxel size"),
     "tiny_voxel": (_file("sub-01_tinyvox_T1w.nii.gz", _IMAGE, np.diag([0.1, 1.0, 1.0, 1.0])), "voxel size"),
     "sheared": (_file("sub-01_shear_T1w.nii.gz", _IMAGE, _sheared()), "sheared"),
