@@ -61,6 +61,19 @@ def default_templateflow_home() -> Path:
     return Path(cache) / "bidsharmony" / "templateflow"
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity: a scheduler's allocation, ``taskset``)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - macOS has no sched_getaffinity
+        return os.cpu_count() or 1
+
+
+def default_omp_nthreads(nprocs: int) -> int:
+    """Threads per process when not given: as fMRIPrep, one core left to the scheduler, at most 8."""
+    return max(1, min(nprocs - 1, 8))
+
+
 @dataclass
 class Config:
     """All settings of one run; see ``bidsharmony --help`` for their meaning."""
@@ -73,8 +86,8 @@ class Config:
     session_label: list[str] = field(default_factory=list)
     bids_filters: dict = field(default_factory=dict)
     skip_bids_validation: bool = False
-    nprocs: int = 1
-    omp_nthreads: int = 1
+    nprocs: int | None = None  # None: usable_cpus()
+    omp_nthreads: int | None = None  # None: default_omp_nthreads(nprocs)
     mem_gb: float | None = None
     use_plugin: Path | None = None
     random_seed: int = 0
@@ -104,6 +117,10 @@ class Config:
     )
 
     def __post_init__(self):
+        if self.nprocs is None:
+            self.nprocs = usable_cpus()
+        if self.omp_nthreads is None:
+            self.omp_nthreads = default_omp_nthreads(self.nprocs)
         for name in ("bids_dir", "output_dir", "work_dir", "use_plugin", "templateflow_home",
                      "features", "covariates", "harmonizer_model"):
             value = getattr(self, name)

@@ -132,8 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     perf = parser.add_argument_group("Resources and execution")
     perf.add_argument("-w", "--work-dir", type=Path, help="Nipype work folder (re-runs resume from it); default: <output_dir>/work")
-    perf.add_argument("--nprocs", "--nthreads", type=_positive_int, default=1, help="processes run at once")
-    perf.add_argument("--omp-nthreads", type=_positive_int, default=1, help="threads per process (ITK, torch)")
+    perf.add_argument("--nprocs", "--nthreads", type=_positive_int,
+                      help="processes run at once (default: every CPU this process may use)")
+    perf.add_argument("--omp-nthreads", type=_positive_int,
+                      help="threads per process, ITK and torch (default: --nprocs - 1, at least 1, at most 8)")
     perf.add_argument("--mem-gb", type=float, help="memory the scheduler may use, in GB")
     perf.add_argument(
         "--use-plugin", type=_existing_file, metavar="FILE",

@@ -136,3 +136,14 @@ def test_config_is_written_and_reloads(tiny_bids, tmp_path):
     assert again.random_seed == 42
     assert (again.template, again.template_resolution) == ("MNI152NLin2009aSym", 2)
     assert again.bids_dir == tiny_bids.absolute()
+
+
+def test_resources_default_to_the_cpus_this_process_may_use(tmp_path, monkeypatch):
+    """As fMRIPrep: ``--nprocs`` = the CPU affinity (a scheduler's allocation, not the
+    machine's core count), ``--omp-nthreads`` = one fewer, at least 1, at most 8."""
+    for cpus, threads in ((1, 1), (2, 1), (6, 5), (32, 8)):
+        monkeypatch.setattr("os.sched_getaffinity", lambda pid, n=cpus: set(range(n)))
+        config = parse_args([str(tmp_path), str(tmp_path / "out"), "participant"])
+        assert (config.nprocs, config.omp_nthreads) == (cpus, threads)
+    config = parse_args([str(tmp_path), str(tmp_path / "out"), "participant", "--nprocs", "3", "--omp-nthreads", "2"])
+    assert (config.nprocs, config.omp_nthreads) == (3, 2)
