@@ -95,6 +95,8 @@ class Config:
     atlas: str = DEFAULT_ATLAS
     reg_quality: str = "standard"
     n4_shrink_factor: int | None = None  # None: from the voxel size
+    skull_strip: str = "deepbet"  # or "ants"
+    fail_on_qc: bool = False
     derivatives: list[Path] = field(default_factory=list)
     site_column: str | None = None
     harmonizer: list[str] = field(default_factory=list)

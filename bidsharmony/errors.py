@@ -44,3 +44,9 @@ class InputDataError(BidsharmonyError):
     """An input file exists but cannot be used as it is (corrupt, 4D, NaN...)."""
 
     exit_code = EXIT_ERROR
+
+
+class QualityCheckError(BidsharmonyError):
+    """Outputs were written, but a scan failed a sanity check (``--fail-on-qc``)."""
+
+    exit_code = EXIT_ERROR

@@ -167,6 +167,19 @@ def build_parser() -> argparse.ArgumentParser:
         "or more on voxels finer than 1.5 mm, so that N4 fits on a grid of at least 6 mm)",
     )
     anat.add_argument(
+        "--skull-strip", choices=("deepbet", "ants"), default="deepbet",
+        help="brain extraction: deepbet (default) segments the brain with deepbet's neural "
+        "networks on the CPU, then the brain is registered to the brain template; ants "
+        "registers the head (cropped to 170 mm below its top) to the template and warps the "
+        "template's brain mask back",
+    )
+    anat.add_argument(
+        "--fail-on-qc", action="store_true",
+        help="exit non-zero when a scan fails a sanity check of its brain mask (volume, "
+        "position in the head, field of view, tissue shares); without it a failed check is "
+        "written into the sidecars, the report and the final summary, and the run goes on",
+    )
+    anat.add_argument(
         "--derivatives", type=Path, nargs="+", metavar="PATH",
         help="existing preprocessing derivatives (fMRIPrep/sMRIPrep: desc-preproc_T1w, "
         "desc-brain_mask, transforms to the template) reused instead of recomputed",

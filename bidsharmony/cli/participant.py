@@ -8,7 +8,7 @@ import os
 import time
 from pathlib import Path
 
-from ..errors import BidsharmonyError
+from ..errors import BidsharmonyError, QualityCheckError
 
 LOGGER = logging.getLogger("bidsharmony")
 
@@ -49,7 +49,7 @@ def run_participant(config) -> list[Path]:
     from nipype import config as nipype_config
 
     from ..interfaces.images import validate_t1w
-    from ..reports.participant import write_subject_reports
+    from ..reports.participant import mask_quality, write_subject_reports
     from ..templates import template_inputs
     from ..utils.bids import load_layout, select_t1w
     from ..utils.derivatives import parse_entities, write_bidsignore, write_dataset_description
@@ -111,8 +111,22 @@ def run_participant(config) -> list[Path]:
 
     reports = write_subject_reports(config, subjects)
     tables = sorted(config.output_dir.glob("sub-*/**/anat/*_desc-volume_morph.tsv"))
+    checks = {t1w: mask_quality(config.output_dir, t1w) for t1w in t1w_files}
+    for t1w, failed in checks.items():
+        if failed:
+            LOGGER.warning("%s: FAILED CHECKS: %s", Path(t1w).name, "; ".join(failed))
+        else:
+            LOGGER.info("%s: OK", Path(t1w).name)
     LOGGER.info(
-        "Participant level done in %.0f s: %d ROI table(s), reports: %s",
-        time.monotonic() - started, len(tables), ", ".join(str(r) for r in reports),
+        "Participant level done in %.0f s: %d ROI table(s), %d of %d scan(s) pass the checks; reports: %s",
+        time.monotonic() - started, len(tables), sum(not f for f in checks.values()), len(checks),
+        ", ".join(str(r) for r in reports),
     )
+    suspect = [Path(t).name for t, failed in checks.items() if failed]
+    if suspect and config.fail_on_qc:
+        raise QualityCheckError(
+            f"{len(suspect)} scan(s) failed a sanity check of the brain mask ({', '.join(suspect)}): "
+            "see QualityChecks in their desc-brain_mask.json and the reports; fix the input or "
+            "try --skull-strip ants, or drop --fail-on-qc to keep the outputs as they are"
+        )
     return tables

@@ -182,8 +182,26 @@ def crude_brain_mask(data: np.ndarray, spacing) -> np.ndarray:
     return _on_coarse_grid(_crude_brain_mask, data, spacing)
 
 
+#: Height (mm) of the head kept below its top, as FSL's robustfov: the brain and cerebellum
+#: lie within it, the neck and shoulders of a large field of view do not.
+HEAD_FOV_MM = 170.0
+
+
+def below_vertex(head: np.ndarray, spacing, height_mm: float = HEAD_FOV_MM) -> np.ndarray:
+    """The part of a RAS head mask within ``height_mm`` below its top (the vertex)."""
+    levels = np.nonzero(head.any(axis=(0, 1)))[0]
+    if levels.size == 0:
+        return head
+    lowest = levels.max() - int(np.floor(height_mm / float(spacing[2])))
+    kept = head.copy()
+    kept[:, :, : max(lowest, 0)] = False
+    return kept
+
+
 def _crude_brain_mask(data: np.ndarray, spacing) -> np.ndarray:
-    head = _head_mask(data, spacing)
+    # without the neck, the largest component cannot be the neck and the centre of mass
+    # that starts the registration is the brain's
+    head = below_vertex(_head_mask(data, spacing), spacing)
     smooth = ndi.gaussian_filter(data, 0.5)
     means, _ = kmeans_1d(smooth[head], 4)
     tissue = head & (smooth > (means[0] + means[1]) / 2)

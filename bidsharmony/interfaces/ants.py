@@ -746,7 +746,8 @@ def brain_extraction_files(
 
     Default (brain-only template, works offline):
 
-    1. head mask (Otsu, largest component, closing, hole filling) and a crude brain mask
+    1. head mask (Otsu, largest component, closing, hole filling), cut to 170 mm below the
+       top of the head (no neck: :func:`_brainmask.below_vertex`), and a crude brain mask
        (non-dark head voxels, eroded until the largest component is brain-sized, dilated
        back: :func:`_brainmask.crude_brain_mask`);
     2. one antsRegistration run onto the template brain: rigid and affine stages on the

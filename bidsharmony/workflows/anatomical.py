@@ -28,17 +28,21 @@ from ..interfaces.ants import (
     N4BiasFieldCorrection,
     RegistrationSyN,
 )
+from ..interfaces.checks import BrainMaskChecks
 from ..interfaces.images import ValidateT1w
 from ..interfaces.morphometry import ROIVolumes
+from ..interfaces.skullstrip import DeepBetBrainExtraction
 
 # Memory estimates (GB) of the heavy nodes at 1 mm, measured with antspyx on 2 cores;
 # Nipype's schedulers (MultiProc, SLURM) use them to avoid over-subscribing a node. Every
 # node that runs ITK with `omp_nthreads` threads (resampling too) declares n_procs to match.
-MEM_GB = {"n4": 2.5, "brain_extraction": 2.5, "registration": 2.5, "segmentation": 1.5, "resample": 0.5}
+MEM_GB = {"n4": 2.5, "brain_extraction": 2.5, "deepbet": 3.0, "registration": 2.5, "segmentation": 1.5, "resample": 0.5}
 
 # Outputs of another pipeline (fMRIPrep, sMRIPrep) the workflow can start from: the first two
 # skip N4 and brain extraction, all four also skip the registration to the template.
 PRECOMPUTED_FIELDS = ("t1w_preproc", "t1w_mask", "forward_xfm", "reverse_xfm")
+#: ``--skull-strip`` choices: template registration (antspyx) or deepbet's networks
+SKULL_STRIP_METHODS = ("deepbet", "ants")
 TEMPLATE_FIELDS = ["template", "template_mask", "template_probsegs", "atlas_dseg", "atlas_labels"]
 OUTPUT_FIELDS = [
     "t1w_valid",
@@ -52,6 +56,8 @@ OUTPUT_FIELDS = [
     "reverse_xfm",
     "atlas_native",
     "morph_tsv",
+    "mask_meta",
+    "qc_failed",
 ]
 
 
@@ -62,6 +68,7 @@ def init_anat_preproc_wf(
     omp_nthreads: int = 1,
     random_seed: int = 0,
     separate_registration: bool = False,
+    skull_strip: str = "deepbet",
     precomputed=(),
     name: str = "anat_preproc_wf",
 ):
@@ -88,6 +95,13 @@ def init_anat_preproc_wf(
         masks) instead of reusing the transform that brain extraction already estimated to
         the same template. Off by default: the second SyN roughly doubles the run time for
         a small gain in alignment (see BENCHMARKS.md).
+    skull_strip : {"deepbet", "ants"}
+        Brain extraction: "deepbet" segments the brain with deepbet's networks
+        (:class:`~bidsharmony.interfaces.skullstrip.DeepBetBrainExtraction`), and that mask
+        is used for everything downstream (the registration of the brain to the brain
+        template, tissues, ROI volumes); "ants" registers the head, cut to 170 mm below its
+        top, to the template and warps its mask back (refined by intensity). Ignored when
+        ``precomputed`` gives the mask.
     precomputed : iterable of str
         Names of :data:`PRECOMPUTED_FIELDS` given as inputs instead of computed:
         ``("t1w_preproc", "t1w_mask")`` skips N4 and brain extraction (the brain is then
@@ -124,8 +138,17 @@ def init_anat_preproc_wf(
         Atlas labels in native space.
     morph_tsv
         One-row table of ROI volumes (mm³).
+    mask_meta
+        Sidecar fields of the mask: ``BrainExtraction`` (tool, version; deepbet's threshold
+        and weights' SHA-256) and ``QualityChecks``
+        (:func:`~bidsharmony.interfaces.checks.brain_mask_checks`).
+    qc_failed
+        One line per failed check (empty when the mask is plausible).
     """
     precomputed = _check_precomputed(precomputed)
+    if skull_strip not in SKULL_STRIP_METHODS:
+        raise ValueError(f"skull_strip={skull_strip!r}: choose one of {SKULL_STRIP_METHODS}")
+    use_deepbet = skull_strip == "deepbet" and not precomputed
     workflow = pe.Workflow(name=name)
     inputnode = pe.Node(
         niu.IdentityInterface(fields=["t1w"] + TEMPLATE_FIELDS + list(precomputed)), name="inputnode"
@@ -147,6 +170,19 @@ def init_anat_preproc_wf(
         workflow.connect([
             (inputnode, preproc, [("t1w_preproc", "out_file")]),
             (inputnode, brain, [("t1w_preproc", "in_file"), ("t1w_mask", "mask_file")]),
+        ])  # fmt: skip
+    elif use_deepbet:
+        preproc = pe.Node(
+            N4BiasFieldCorrection(shrink_factor=n4_shrink_factor or 0, num_threads=omp_nthreads),
+            name="n4", n_procs=omp_nthreads, mem_gb=MEM_GB["n4"],
+        )
+        brain = pe.Node(
+            DeepBetBrainExtraction(**threaded),
+            name="deepbet", n_procs=omp_nthreads, mem_gb=MEM_GB["deepbet"],
+        )
+        workflow.connect([
+            (validate, preproc, [("out_file", "in_file")]),
+            (preproc, brain, [("out_file", "in_file")]),
         ])  # fmt: skip
     else:
         preproc = pe.Node(
@@ -173,8 +209,9 @@ def init_anat_preproc_wf(
         workflow.connect([
             (inputnode, transforms, [("forward_xfm", "forward_transform"), ("reverse_xfm", "reverse_transform")]),
         ])  # fmt: skip
-    elif separate_registration or precomputed:
+    elif separate_registration or precomputed or use_deepbet:
         # brain extraction's own registration is not there to reuse when it was skipped
+        # (precomputed) or did not register (deepbet)
         transforms = pe.Node(
             RegistrationSyN(reg_quality=reg_quality, **threaded),
             name="registration", n_procs=omp_nthreads, mem_gb=MEM_GB["registration"],
@@ -248,7 +285,33 @@ def init_anat_preproc_wf(
         (atlas_to_native, outputnode, [("output_image", "atlas_native")]),
         (roi_volumes, outputnode, [("out_tsv", "morph_tsv")]),
     ])  # fmt: skip
+
+    mask_checks = pe.Node(BrainMaskChecks(), name="mask_checks")
+    if use_deepbet:
+        workflow.connect([(brain, mask_checks, [("provenance", "extractor")])])
+    else:
+        mask_checks.inputs.extractor = _extractor(precomputed)
+    workflow.connect([
+        (preproc, mask_checks, [("out_file", "head_file")]),
+        (brain, mask_checks, [("out_mask", "mask_file")]),
+        (segmentation, mask_checks, [("out_dseg", "dseg_file")]),
+        (mask_checks, outputnode, [("mask_meta", "mask_meta"), ("failed", "qc_failed")]),
+    ])  # fmt: skip
     return workflow
+
+
+def _extractor(precomputed) -> dict:
+    """``BrainExtraction`` of a mask that deepbet did not make."""
+    if precomputed:
+        return {"Tool": "precomputed", "Description": "the brain mask given with --derivatives"}
+    from importlib import metadata
+
+    return {
+        "Tool": "bidsharmony template registration (antspyx)",
+        "Version": metadata.version("antspyx"),
+        "Description": "head cut to 170 mm below its top, registered to the brain template; "
+        "template mask warped back and refined by intensity classes",
+    }
 
 
 def _as_list(value):

@@ -11,7 +11,7 @@ from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
 from ..interfaces.reportlets import MaskContourReport, RegistrationReport, SegmentationReport
-from ..utils.derivatives import parse_entities
+from ..utils.derivatives import SOURCE_ENTITIES, parse_entities
 from ..utils.precomputed import find_precomputed
 from .anatomical import TEMPLATE_FIELDS, init_anat_preproc_wf
 from .outputs import (
@@ -62,6 +62,7 @@ def run_parameters(config) -> dict:
         "RandomSeed": config.random_seed,
         "RegistrationQuality": config.reg_quality,
         "N4ShrinkFactor": config.n4_shrink_factor,
+        "SkullStrip": config.skull_strip,
         "Template": config.template,
         "TemplateResolution": config.template_resolution,
         "Atlas": config.atlas_name,
@@ -74,13 +75,15 @@ def init_single_subject_wf(*, subject_id, t1w_files, config, template_inputs, at
     sink_args = {"output_dir": config.output_dir, "bids_dir": config.bids_dir}
     for t1w in t1w_files:
         entities = parse_entities(t1w)
-        tag = "_".join(f"{k}_{entities[k]}" for k in ("ses", "acq", "run") if k in entities) or "single"
+        # every entity that names an output, so that rec-raw and rec-norm get workflows of their own
+        tag = "_".join(f"{k}_{entities[k]}" for k in SOURCE_ENTITIES[1:] if k in entities) or "single"
         precomputed = find_precomputed(config.derivatives, t1w, config.template) if config.derivatives else {}
         anat_wf = init_anat_preproc_wf(
             reg_quality=config.reg_quality,
             n4_shrink_factor=config.n4_shrink_factor,
             omp_nthreads=config.omp_nthreads,
             random_seed=config.random_seed,
+            skull_strip=config.skull_strip,
             precomputed=tuple(precomputed),
             name=f"anat_{tag}_wf",
         )
@@ -93,6 +96,7 @@ def init_single_subject_wf(*, subject_id, t1w_files, config, template_inputs, at
         if precomputed:
             LOGGER.info("%s: reusing %s", Path(t1w).name, ", ".join(Path(p).name for p in precomputed.values()))
             parameters["PrecomputedInputs"] = sorted(precomputed.values())  # provenance in every sidecar
+            parameters["SkullStrip"] = "precomputed"  # the given brain mask is used as it is
 
         source = pe.Node(niu.IdentityInterface(fields=["source_file"]), name=f"source_{tag}")
         source.inputs.source_file = t1w
@@ -113,6 +117,7 @@ def init_single_subject_wf(*, subject_id, t1w_files, config, template_inputs, at
                 ("outputnode.t1w_mask", "inputnode.t1w_mask"),
                 ("outputnode.t1w_dseg", "inputnode.t1w_dseg"),
                 ("outputnode.t1w_probsegs", "inputnode.t1w_probsegs"),
+                ("outputnode.mask_meta", "inputnode.mask_meta"),
             ]),
             (anat_wf, ds_template, [
                 ("outputnode.std_t1w", "inputnode.std_t1w"),
@@ -123,6 +128,7 @@ def init_single_subject_wf(*, subject_id, t1w_files, config, template_inputs, at
             (anat_wf, ds_morph, [
                 ("outputnode.atlas_native", "inputnode.atlas_native"),
                 ("outputnode.morph_tsv", "inputnode.morph_tsv"),
+                ("outputnode.mask_meta", "inputnode.mask_meta"),
             ]),
         ])  # fmt: skip
         _connect_reportlets(workflow, anat_wf, source, tag, template_inputs, sink_args)

@@ -32,10 +32,16 @@ def derivatives_sink(name, *, output_dir, bids_dir, meta=None, **entities):
 
 
 def init_ds_anat_native_wf(*, output_dir, bids_dir, parameters: dict, name="ds_anat_native_wf"):
-    """Native-space T1w, brain mask, tissue dseg and [CSF, GM, WM] probseg."""
+    """Native-space T1w, brain mask, tissue dseg and [CSF, GM, WM] probseg.
+
+    The input ``mask_meta`` (computed by the workflow: how the mask was made and its quality
+    checks) is added to the sidecars of the mask and the preprocessed T1w.
+    """
     workflow = pe.Workflow(name=name)
     inputnode = pe.Node(
-        niu.IdentityInterface(fields=["source_file", "t1w_preproc", "t1w_mask", "t1w_dseg", "t1w_probsegs"]),
+        niu.IdentityInterface(
+            fields=["source_file", "t1w_preproc", "t1w_mask", "t1w_dseg", "t1w_probsegs", "mask_meta"]
+        ),
         name="inputnode",
     )
     common = {"output_dir": output_dir, "bids_dir": bids_dir}
@@ -49,6 +55,8 @@ def init_ds_anat_native_wf(*, output_dir, bids_dir, parameters: dict, name="ds_a
         (inputnode, ds_mask, [("source_file", "source_file"), ("t1w_mask", "in_file")]),
         (inputnode, ds_dseg, [("source_file", "source_file"), ("t1w_dseg", "in_file")]),
     ])  # fmt: skip
+    for sink in (ds_t1w, ds_mask):
+        _add_computed_meta(workflow, inputnode, "mask_meta", sink)
     for index, tissue in enumerate(TISSUE_ORDER):
         ds_probseg = derivatives_sink(f"ds_probseg_{tissue.lower()}", label=tissue, suffix="probseg", meta=parameters, **common)
         workflow.connect([
@@ -92,7 +100,9 @@ def init_ds_template_wf(*, output_dir, bids_dir, template: str, parameters: dict
 def init_ds_morphometry_wf(*, output_dir, bids_dir, atlas: str, atlas_meta: dict, parameters: dict, name="ds_morphometry_wf"):
     """Native-space atlas labels and the ROI-volume table."""
     workflow = pe.Workflow(name=name)
-    inputnode = pe.Node(niu.IdentityInterface(fields=["source_file", "atlas_native", "morph_tsv"]), name="inputnode")
+    inputnode = pe.Node(
+        niu.IdentityInterface(fields=["source_file", "atlas_native", "morph_tsv", "mask_meta"]), name="inputnode"
+    )
     common = {"output_dir": output_dir, "bids_dir": bids_dir}
     # No root atlas-<label>_description.json (BIDS 1.11 recommends one): bids-validator 3.0.2
     # reports it as SIDECAR_WITHOUT_DATAFILE, an error, while its absence is a warning.
@@ -101,7 +111,8 @@ def init_ds_morphometry_wf(*, output_dir, bids_dir, atlas: str, atlas_meta: dict
         "Units": "mm^3",
         "Description": "Volumes on hard labels inside the brain mask: volume_<label> all voxels of "
         "the label, gm_<label> its grey-matter voxels, volume_ICV the brain mask; see "
-        "bidsharmony.morphometry.",
+        "bidsharmony.morphometry. QualityChecks: the brain mask's (a failed check makes "
+        "every volume suspect).",
         **atlas_meta,
         **parameters,
     }
@@ -110,7 +121,26 @@ def init_ds_morphometry_wf(*, output_dir, bids_dir, atlas: str, atlas_meta: dict
         (inputnode, ds_atlas, [("source_file", "source_file"), ("atlas_native", "in_file")]),
         (inputnode, ds_morph, [("source_file", "source_file"), ("morph_tsv", "in_file")]),
     ])  # fmt: skip
+    _add_computed_meta(workflow, inputnode, "mask_meta", ds_morph)
     return workflow
+
+
+def _add_computed_meta(workflow, inputnode, field, sink):
+    """Feed ``sink`` its fixed sidecar fields updated with the dict ``inputnode.<field>``."""
+    merge = pe.Node(
+        niu.Function(function=_merged_meta, input_names=["base", "extra"], output_names=["meta"]),
+        name=f"{sink.name}_meta", run_without_submitting=True, mem_gb=DEFAULT_MEMORY_MIN_GB,
+    )
+    merge.inputs.base = dict(sink.inputs.meta_dict)
+    workflow.connect([
+        (inputnode, merge, [(field, "extra")]),
+        (merge, sink, [("meta", "meta_dict")]),
+    ])  # fmt: skip
+
+
+def _merged_meta(base, extra=None):
+    """``base`` sidecar fields updated with ``extra`` (a dict computed by the workflow)."""
+    return {**base, **(extra or {})}
 
 
 def _pick(files, index):

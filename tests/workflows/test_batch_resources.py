@@ -39,10 +39,12 @@ def test_other_plugins_and_in_process_nodes_are_left_alone():
 
 
 def test_precomputed_inputs_drop_the_preprocessing_nodes():
-    full = set(_by_name(init_anat_preproc_wf()))
+    full = set(_by_name(init_anat_preproc_wf(skull_strip="ants")))
+    deepbet = set(_by_name(init_anat_preproc_wf(skull_strip="deepbet")))
     brain_only = set(_by_name(init_anat_preproc_wf(precomputed=PRECOMPUTED_FIELDS[:2])))
     reused = set(_by_name(init_anat_preproc_wf(precomputed=PRECOMPUTED_FIELDS)))
     assert {"n4", "brain_extraction"} <= full and "registration" not in full
+    assert {"n4", "deepbet", "registration"} <= deepbet and "brain_extraction" not in deepbet
     assert not brain_only & {"n4", "brain_extraction"} and "registration" in brain_only
     assert not reused & {"n4", "brain_extraction", "registration"} and "segmentation" in reused
     with pytest.raises(ValueError, match="precomputed"):
