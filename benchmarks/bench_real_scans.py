@@ -142,7 +142,7 @@ def participant(args) -> int:
     summary = [line for line in (run.stdout + run.stderr).splitlines() if ": OK" in line or "FAILED CHECKS" in line or "done in" in line]
     print("\n".join(f"    {line.split('bidsharmony')[-1]}" for line in summary))
     rows = []
-    for sidecar in sorted(out.glob("sub-*/**/anat/*_desc-brain_mask.json")):
+    for sidecar in sorted(p for p in out.glob("sub-*/**/anat/*_desc-brain_mask.json") if "_space-" not in p.name):
         scan = sidecar.name.replace("_desc-brain_mask.json", "")
         meta = json.loads(sidecar.read_text())
         checks = {k: v for k, v in meta["QualityChecks"].items() if isinstance(v, dict)}
