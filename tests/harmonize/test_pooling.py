@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 import scipy.linalg
 import torch
+from sklearn.metrics import balanced_accuracy_score
 
 from bidsharmony.datasets.tabular import make_feature_table
 from bidsharmony.harmonize.base import Harmonizer
@@ -229,11 +230,13 @@ def test_training_is_seeded(table):
     assert not np.allclose(a.to_numpy(), c.to_numpy())
 
 
+@pytest.mark.comparison
 def test_site_adversary_is_weaker_than_naive(fits, table):
-    """Held-out Adv (3-layer MLP adversary, balanced accuracy, chance 1/3): measured 0.80 for
-    Naïve and 0.57 for the equivariant representation on this table (margin 0.23; 0.17-0.25
-    over model seeds 1-3); asserted with a margin of 0.10. The sites' age ranges differ, so an
-    age-equivariant representation keeps some site information through age."""
+    """Held-out Adv (3-layer MLP adversary, balanced accuracy, chance 1/3): 0.80 for Naïve and
+    0.57 for the equivariant representation on this table. The margin was 0.04-0.32 over table
+    seeds 4-9 (model seed 2) and model seeds 3-4 on tables 4 and 9, so 0.03 is asserted. The
+    sites' age ranges differ, so an age-equivariant representation keeps some site information
+    through age."""
     features, covariates, test = table
     scores = {}
     for variant, model in fits.items():
@@ -241,15 +244,21 @@ def test_site_adversary_is_weaker_than_naive(fits, table):
         z_test = model.transform(features[test], covariates[test]).to_numpy()
         scores[variant] = site_adversary(z_train, covariates.site[~test], z_test, covariates.site[test],
                                          epochs=100, seed=0)["balanced_accuracy"]
-    assert scores["equivariant"] < scores["naive"] - 0.10, scores
+    assert scores["equivariant"] < scores["naive"] - 0.03, scores
 
 
-def test_predictor_beats_the_majority_class(fits, table):
+@pytest.mark.comparison
+def test_predictor_does_better_than_any_constant_guess(fits, table):
+    """Balanced accuracy of the diagnosis predictor on held-out scans: every constant guess
+    scores exactly 0.5, whatever the class balance. Measured 0.55-0.69 over table seeds 4-9 and
+    model seeds 2-4 (0.61 here); asserted > 0.52. (A logistic regression on the log-volumes
+    scores 0.67-0.78 on the same tables: the pooled representation trades some accuracy for site
+    invariance; see the pooling benchmark.)"""
     features, covariates, test = table
     predicted = fits["equivariant"].predict(features[test], covariates[test])
     truth = covariates.diagnosis[test]
     assert set(predicted) <= {"AD", "CN"}
-    assert (predicted == truth).mean() >= (truth == "CN").mean() - 0.02
+    assert balanced_accuracy_score(truth, predicted) > 0.52
 
 
 def test_metrics_helpers():
