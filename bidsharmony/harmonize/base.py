@@ -72,6 +72,7 @@ WEIGHTS_NAME = "weights.npz"
 HARMONIZER_MODULES = {
     "combat": "bidsharmony.harmonize.combat",
     "combat-gam": "bidsharmony.harmonize.combat",
+    "combat-ls": "bidsharmony.harmonize.combat_ls",
     "covbat": "bidsharmony.harmonize.covbat",
     "equivariant-pooling": "bidsharmony.harmonize.pooling",
     "flow-scm": "bidsharmony.harmonize.scm.harmonizer",

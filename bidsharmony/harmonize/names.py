@@ -4,7 +4,7 @@ The command line offers these; :func:`bidsharmony.harmonize.get_harmonizer` maps
 its class. Add a name here only when its harmonizer is implemented and tested.
 """
 
-HARMONIZERS: tuple[str, ...] = ("combat", "combat-gam", "covbat", "equivariant-pooling", "flow-scm")
+HARMONIZERS: tuple[str, ...] = ("combat", "combat-gam", "combat-ls", "covbat", "equivariant-pooling", "flow-scm")
 """Harmonizers of feature tables (ROI volumes)."""
 
 IMAGE_HARMONIZERS: tuple[str, ...] = ("blindharmony", "deepscm-image", "harmonizing-flows", "histogram-matching")
