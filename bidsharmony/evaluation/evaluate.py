@@ -155,7 +155,7 @@ def evaluate_harmonizers(features: pd.DataFrame, covariates: pd.DataFrame, harmo
                          site_classifier="logistic", site_adjust_for=DEFAULT_ADJUST, predictor="mlp",
                          cross_site_sources=None,
                          diagnosis_column: str | None = "diagnosis", reference_site: str | None = None,
-                         mask_target_in_transform: bool = False, mlp_epochs: int = 100,
+                         mask_target_in_transform: bool = True, mlp_epochs: int = 100,
                          mlp_params: dict | None = None, n_threads: int | None = 1,
                          mmd_max_per_site: int = 500, min_site_size: int = 30, include_raw: bool = True,
                          raw_name: str = "raw", on_error: str = "raise",

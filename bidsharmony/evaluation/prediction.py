@@ -357,7 +357,7 @@ def cross_site_prediction(features: pd.DataFrame, covariates: pd.DataFrame, harm
                           name: str | None = None, predictor="mlp", sources=None,
                           diagnosis_column: str | None = "diagnosis", n_splits: int = 5, groups="auto",
                           seed: int = 0, folds=None, include_bounds: bool = True,
-                          mask_target_in_transform: bool = False, mlp_epochs: int = 100,
+                          mask_target_in_transform: bool = True, mlp_epochs: int = 100,
                           n_threads: int | None = 1, mlp_params: dict | None = None) -> pd.DataFrame:
     """Train on one source site, test on every other site (Wang et al. 2021, Tables 1-2).
 
@@ -381,10 +381,10 @@ def cross_site_prediction(features: pd.DataFrame, covariates: pd.DataFrame, harm
         Also evaluate the raw features: SrcOnly and TarOnly rows.
     mask_target_in_transform : bool
         Hide the predicted covariate (age, diagnosis) of the test rows from the harmonizer's
-        ``transform`` (replaced by the training mean/mode of their site). Harmonizers that
-        preserve covariate effects (ComBat, flow-SCM) use the covariate while transforming;
-        with ``False`` (the protocol of the paper) the test rows' true age reaches the
-        harmonized features.
+        ``transform`` (replaced by the training mean/mode of their site; the default).
+        Harmonizers that preserve covariate effects (ComBat, flow-SCM) use the covariate while
+        transforming; with ``False`` (the protocol of the paper) the test rows' true age
+        reaches the harmonized features and a harmonizer can leak the answer.
     mlp_epochs, n_threads, mlp_params : MLP training settings.
 
     Returns

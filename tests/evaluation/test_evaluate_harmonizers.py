@@ -75,3 +75,65 @@ def test_registered_harmonizer_by_name():
     summary = results.summary.set_index("method")
     assert summary.loc["none", "site_balanced_accuracy"] > 0.9
     assert summary.loc["combat", "site_balanced_accuracy"] < 0.5
+
+
+class WritesAgeIntoTheFeatures(MeanShift):
+    """A harmonizer that 'keeps the age effect' by writing the age it is given into a feature."""
+
+    def transform(self, features, covariates):
+        out = super().transform(features, covariates)
+        out.iloc[:, 0] = covariates["age"].to_numpy()
+        return out
+
+
+class OnlyNewRows(MeanShift):
+    """Leaves the rows it was fitted on as they are and removes the site means from new rows:
+    in sample it looks like no harmonization at all, out of fold like a good one."""
+
+    def fit(self, features, covariates):
+        self.seen_ = set(features.index)
+        return super().fit(features, covariates)
+
+    def transform(self, features, covariates):
+        out = super().transform(features, covariates)
+        seen = features.index.isin(list(self.seen_))
+        out.loc[seen] = features.loc[seen]
+        return out
+
+
+@pytest.mark.comparison
+def test_cross_site_age_error_hides_the_test_rows_age_by_default():
+    """A harmonizer handed the held-out rows' true age can put it into the features; by default
+    the age of held-out rows is masked (their site's training mean), so the leak is worthless.
+    Table seeds 0-3, linear predictor: 0.002 years with the true age passed on vs 13-15 years
+    masked (raw 14-28)."""
+    features, covariates, _ = make_table(n_subjects=90, site_shift=3.0, age_slope=0.05)
+
+    def age_error(**options):
+        results = evaluate_harmonizers(features, covariates, {"leak": WritesAgeIntoTheFeatures}, n_splits=3,
+                                       metrics=("cross_site",), mlp_epochs=60, predictor="linear", **options)
+        return results.summary.set_index("method").loc["leak", "cross_site_age_mae"]
+
+    leaked, masked = age_error(mask_target_in_transform=False), age_error()
+    assert leaked < 1.0 and masked > 5 * leaked, (leaked, masked)
+
+
+def test_the_report_shows_out_of_fold_site_predictability(tmp_path, monkeypatch):
+    """In sample (fit and score on the same rows) the harmonizer above leaves the sites as
+    predictable as raw; out of fold they are not. The summary and the report carry the
+    out-of-fold figure."""
+    monkeypatch.setenv("MPLCONFIGDIR", str(tmp_path / "mpl"))
+    from bidsharmony.evaluation.site import site_predictability
+    from bidsharmony.reports.group import write_group_report
+
+    features, covariates, _ = make_table(n_subjects=60, site_shift=3.0)
+    in_sample = site_predictability(OnlyNewRows().fit(features, covariates).transform(features, covariates),
+                                    covariates, n_splits=3)["balanced_accuracy"]
+    out_of_fold = site_predictability(features, covariates, OnlyNewRows, n_splits=3)["balanced_accuracy"]
+    assert in_sample > 0.9 and out_of_fold < 0.6, (in_sample, out_of_fold)
+    results = evaluate_harmonizers(features, covariates, {"only-new-rows": OnlyNewRows}, n_splits=3,
+                                   metrics=("site",))
+    reported = results.summary.set_index("method").loc["only-new-rows", "site_balanced_accuracy"]
+    assert reported == pytest.approx(out_of_fold)
+    html = write_group_report(results, tmp_path).read_text()
+    assert f"<b>only-new-rows</b> {out_of_fold:.2f}" in html
