@@ -88,14 +88,17 @@ def _write_per_scan(config, group, harmonized, desc, meta) -> list[Path]:
     return written
 
 
-def _fit_and_apply(config, methods, group, out_dir: Path) -> list[Path]:
+def _feature_jobs(config, methods) -> list[tuple[object, bool]]:
+    """``(harmonizer, fit)`` of each feature method (unfitted), or of the saved model (fitted)."""
     from ..harmonize import get_harmonizer, load_harmonizer
 
-    written = []
     if config.harmonizer_model:
-        jobs = [(load_harmonizer(config.harmonizer_model), False)]
-    else:
-        jobs = [(get_harmonizer(m, **harmonizer_params(config, m)), True) for m in methods]
+        return [(load_harmonizer(config.harmonizer_model), False)]
+    return [(get_harmonizer(m, **harmonizer_params(config, m)), True) for m in methods]
+
+
+def _fit_and_apply(config, jobs, group, out_dir: Path) -> list[Path]:
+    written = []
     for harmonizer, fit in jobs:
         method = harmonizer.name
         started = time.monotonic()
@@ -300,7 +303,10 @@ def _summary(paths: list[Path], output_dir: Path) -> str:
 def _run_features(config, methods: list[str], out_dir: Path) -> list[Path]:
     from ..workflows.group import load_group_data
 
-    group = load_group_data(config)
+    # made before the data is read: a bad parameter or model fails at once, and the table is
+    # checked for what the chosen methods need (volumes > 0 for those modelling log-volumes)
+    jobs = _feature_jobs(config, methods) if methods or config.harmonizer_model else []
+    group = load_group_data(config, require_positive=any(h._requires_positive_features for h, _ in jobs))
     raw = pd.concat([group.ids, group.covariates.drop(columns=group.ids.columns, errors="ignore"), group.features], axis=1)
     written = [
         write_table(raw, out_dir / _table_name(config, "raw"), {
@@ -313,8 +319,8 @@ def _run_features(config, methods: list[str], out_dir: Path) -> list[Path]:
     LOGGER.info("Group table: %d scans from %d sites %s → %s", len(raw), len(sites), sites, written[0])
     if group.excluded:
         LOGGER.warning("Not harmonized (zero or constant in some scans): %s", ", ".join(group.excluded))
-    if methods or config.harmonizer_model:
-        written += _fit_and_apply(config, methods, group, out_dir)
+    if jobs:
+        written += _fit_and_apply(config, jobs, group, out_dir)
     else:
         LOGGER.info("No --harmonizer given: wrote the collected table only.")
     if config.evaluate and methods:

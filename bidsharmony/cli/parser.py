@@ -99,7 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("bids_dir", type=Path, help="the root folder of a BIDS dataset (read only)")
+    parser.add_argument(
+        "bids_dir", type=Path,
+        help="the root folder of a BIDS dataset (read only); for the group level on tables given "
+        "with --features/--covariates it needs no sub-<label> folders",
+    )
     parser.add_argument("output_dir", type=Path, help="where BIDS-Derivatives are written")
     parser.add_argument(
         "analysis_level",
@@ -218,12 +222,15 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument(
         "--features", type=_existing_file, metavar="FILE",
         help="harmonize an existing feature table (TSV/CSV with participant_id, optional "
-        "session_id) instead of the participant level's ROI tables",
+        "session_id) instead of the participant level's ROI tables: one row per scan, every "
+        "other column a number (site, age, sex, diagnosis are ignored), volumes > 0 (modelled "
+        "on a log scale; for features that are not volumes pass --harmonizer-param "
+        "log_features=false); a table breaking a rule is refused naming the rows and columns",
     )
     group.add_argument(
         "--covariates", type=_existing_file, metavar="FILE",
-        help="TSV with participant_id (optional session_id), age, sex and site; default: the "
-        "dataset's participants.tsv (and sessions.tsv)",
+        help="TSV with participant_id (optional session_id), age, sex and site, one row per "
+        "participant (or scan); default: the dataset's participants.tsv (and sessions.tsv)",
     )
     group.add_argument(
         "--harmonizer-model", type=Path, metavar="DIR",

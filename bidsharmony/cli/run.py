@@ -56,7 +56,9 @@ def check_inputs(config: Config) -> None:
     if config.skip_bids_validation:
         read_dataset_description(config.bids_dir)
     else:
-        validate_bids(config.bids_dir)
+        # the group level on tables given on the command line reads no subject folder
+        tables = [t for t in (config.features, config.covariates) if t] if config.analysis_level == "group" else []
+        validate_bids(config.bids_dir, require_subjects=not tables, exempt=tables)
     check_writable(config.output_dir, config.work_dir)
 
 

@@ -23,7 +23,9 @@ model file cannot execute code). The manifest records:
 ``bidsharmony_version``, ``library_versions``, ``created`` (UTC, ISO 8601)
 ``feature_names``     fitted features, in model order; ``feature_units`` from the input
                       table's ``attrs["units"]`` when given; ``feature_medians`` (optional)
-                      each feature's median at fit, to refuse data in other units
+                      each feature's median at fit, to refuse data in other units;
+                      ``positive_features`` (optional) the features positive in every fitted
+                      scan (volumes): an output <= 0 of them is refused, never written
 ``sites``, ``site_counts``, ``reference_site``
 ``covariates``        ranges seen in fit (age overall and per site, sex counts, extras),
                       sex coding resolved at fit
@@ -342,6 +344,8 @@ class Harmonizer(SavedModel):
         self.feature_units_ = {str(k): str(v) for k, v in units.items() if str(k) in self.feature_names_}
         # typical magnitudes, so that data in other units is refused when the model is applied
         self.feature_medians_ = dict(zip(self.feature_names_, np.median(data.features, axis=0).tolist()))
+        # columns positive in every fitted scan are volumes: no output of them may be <= 0
+        self.positive_features_ = validation.positive_columns(data.features, self.feature_names_)
         self.sites_ = sorted(site_counts)
         self.site_counts_ = site_counts
         self.covariate_summary_ = validation.covariate_summary(data)
@@ -374,9 +378,26 @@ class Harmonizer(SavedModel):
         self._check_fitted()
         data = self._prepare(features, covariates, fitted=True)
         values = self._transform(data)
+        self._check_positive_output(data, values)
         harmonized = data.to_frame(values)
         harmonized.attrs = dict(features.attrs)  # same names, same units
         return harmonized
+
+    def _check_positive_output(self, data: validation.PreparedData, values: np.ndarray) -> None:
+        """Refuse outputs <= 0 in the volume columns (those positive in every fitted scan).
+
+        Models saved before these columns were recorded judge the columns positive in the rows
+        given instead.
+        """
+        volumes = getattr(self, "positive_features_", None)
+        if volumes is None:
+            volumes = validation.positive_columns(data.features, data.feature_names)
+        if getattr(self, "log_features", True) is False:
+            fix = ("harmonize the log of the volumes instead: log_features=True (the default; on the "
+                   "command line drop --harmonizer-param log_features=false), which keeps them positive")
+        else:
+            fix = "check these rows' values and units (or those of the fitted scans), or refit"
+        validation.check_positive_output(values, data.feature_names, data.index, volumes, self.name, fix)
 
     def adapt_new_sites(self, features: pd.DataFrame, covariates: pd.DataFrame, **options) -> "Harmonizer":
         """Learn the effect of sites unknown to the fitted model, keeping the fit frozen.
@@ -400,6 +421,7 @@ class Harmonizer(SavedModel):
             "feature_names": self.feature_names_,
             "feature_units": getattr(self, "feature_units_", {}),
             "feature_medians": getattr(self, "feature_medians_", {}),
+            "positive_features": getattr(self, "positive_features_", None),
             "n_features": len(self.feature_names_),
             "sites": self.sites_,
             "site_counts": self.site_counts_,
@@ -449,6 +471,9 @@ class Harmonizer(SavedModel):
             harmonizer.feature_units_ = dict(manifest.get("feature_units") or {})
             # absent from models saved before it was recorded: their scale is not checked
             harmonizer.feature_medians_ = {str(k): float(v) for k, v in (manifest.get("feature_medians") or {}).items()}
+            # absent from older models: their volume columns are judged on the data transformed
+            positive = manifest.get("positive_features")
+            harmonizer.positive_features_ = None if positive is None else [str(f) for f in positive]
             restore_fit_record(harmonizer, manifest)
             harmonizer._set_state(manifest["state"], arrays)
         harmonizer._fitted = True

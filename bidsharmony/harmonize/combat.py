@@ -27,7 +27,9 @@ The transform is identical to neuroHarmonize's (checked in the tests to ~1e-9 re
     z  = (x - grand_mean - C @ beta) / sqrt(var_pooled)
     x' = (z - gamma*[site]) / sqrt(delta*[site]) * sqrt(var_pooled) + grand_mean + C @ beta
 
-where ``C`` holds the covariates (sex, extras, age or its spline basis).
+where ``C`` holds the covariates (sex, extras, age or its spline basis), and ``x`` is
+``log(volume)`` by default (``log_features=True``; the output is mapped back with ``exp``, so it
+is always positive).
 """
 
 from __future__ import annotations
@@ -77,8 +79,12 @@ class ComBat(Harmonizer):
     empirical_bayes : bool
         Shrink per-site location/scale estimates across features (ComBat's EB step).
     log_features : bool
-        Harmonize ``log(x)`` and map back with ``exp`` (multiplicative site effects become
-        additive); features must then be positive.
+        Harmonize ``log(x)`` and map back with ``exp`` (default): multiplicative site effects
+        become additive and every output stays positive, so a strong negative site shift can
+        never turn a small volume negative. Features must then be positive (a value <= 0 is
+        refused, naming the row and column). ``False`` harmonizes the raw values (features
+        that are not volumes, or neuroHarmonize's own setting); an output <= 0 in a feature
+        positive in every fitted scan is then refused rather than returned.
     extra_covariates : sequence of str
         Further numeric covariate columns to preserve (modelled linearly).
     min_subjects_per_site, sex_coding, random_seed
@@ -89,7 +95,7 @@ class ComBat(Harmonizer):
     _smooth_age = False
 
     def __init__(self, *, reference_site: str | None = None, empirical_bayes: bool = True,
-                 log_features: bool = False, extra_covariates=(), min_subjects_per_site: int = 10,
+                 log_features: bool = True, extra_covariates=(), min_subjects_per_site: int = 10,
                  sex_coding="auto", random_seed: int = 0):
         super().__init__(reference_site=reference_site, min_subjects_per_site=min_subjects_per_site,
                          sex_coding=sex_coding, random_seed=random_seed)
@@ -272,7 +278,7 @@ class ComBatGAM(ComBat):
     _smooth_age = True
 
     def __init__(self, *, reference_site: str | None = None, empirical_bayes: bool = True,
-                 log_features: bool = False, extra_covariates=(), out_of_range: str = "clamp",
+                 log_features: bool = True, extra_covariates=(), out_of_range: str = "clamp",
                  age_bounds=None, min_subjects_per_site: int = 10, sex_coding="auto",
                  random_seed: int = 0):
         super().__init__(reference_site=reference_site, empirical_bayes=empirical_bayes,

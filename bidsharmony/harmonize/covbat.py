@@ -61,14 +61,15 @@ class CovBat(ComBat):
         distributions alike; its rows are returned unchanged. ``None``: the pooled targets.
     empirical_bayes, log_features, extra_covariates, min_subjects_per_site, sex_coding, random_seed
         As in :class:`~bidsharmony.harmonize.combat.ComBat` (``empirical_bayes`` applies to
-        the ComBat step).
+        the ComBat step; ``log_features=True`` by default: the residuals are those of
+        ``log(x)`` and every output is positive).
     """
 
     name = "covbat"
 
     def __init__(self, *, reference_site: str | None = None, percent_var: float = 0.95,
                  n_components: int | None = None, empirical_bayes: bool = True,
-                 log_features: bool = False, extra_covariates=(), min_subjects_per_site: int = 10,
+                 log_features: bool = True, extra_covariates=(), min_subjects_per_site: int = 10,
                  sex_coding="auto", random_seed: int = 0):
         super().__init__(reference_site=reference_site, empirical_bayes=empirical_bayes,
                          log_features=log_features, extra_covariates=extra_covariates,

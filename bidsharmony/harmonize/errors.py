@@ -26,6 +26,10 @@ class HarmonizerInputError(HarmonizerError, InputDataError):
     """The images, masks or covariates given to an image harmonizer cannot be used."""
 
 
+class NonPositiveOutputError(FeatureError):
+    """A harmonizer's output would hold a volume <= 0; it is refused rather than written."""
+
+
 class FeatureMismatchError(FeatureError):
     """The features given to ``transform`` differ from those the model was fitted on."""
 

@@ -37,6 +37,7 @@ from .errors import (
     CovariateRangeWarning,
     FeatureError,
     FeatureMismatchError,
+    NonPositiveOutputError,
     NotEnoughSubjectsError,
     UnknownSiteError,
 )
@@ -338,8 +339,9 @@ def feature_array(features: pd.DataFrame, feature_names: Sequence[str] | None = 
     non_numeric = [str(c) for c, dtype in frame.dtypes.items() if not numeric[dtype]]
     if non_numeric:
         raise FeatureError(
-            f"non-numeric feature column(s) {_preview(non_numeric)}; features must be numbers "
-            "(move identifiers and covariates to the covariate table)"
+            f"non-numeric feature column(s) {_preview(non_numeric)} ({_non_numeric_examples(frame, non_numeric)}); "
+            "features must be numbers: correct those values, or drop the column(s) or move them to the "
+            "covariate table (identifiers, covariates)"
         )
     values = frame.to_numpy(dtype=np.float64, copy=True)
     bad = ~np.isfinite(values)
@@ -351,12 +353,70 @@ def feature_array(features: pd.DataFrame, feature_names: Sequence[str] | None = 
             f"(rows {_preview(rows)}); impute or drop those rows before harmonizing"
         )
     if require_positive and (values <= 0).any():
-        cols = [expected[j] for j in np.flatnonzero((values <= 0).any(axis=0))]
+        bad = values <= 0
+        cols = [expected[j] for j in np.flatnonzero(bad.any(axis=0))]
         raise FeatureError(
-            f"feature column(s) {_preview(cols)} hold values <= 0, which cannot be "
-            "log-transformed; check the units or set log_features=False"
+            f"{int(bad.sum())} feature value(s) <= 0 in column(s) {_preview(cols)} "
+            f"({_cell_preview(bad, values, frame.index, expected)}): volumes must be positive (they are "
+            "modelled on a log scale); correct or drop those rows (check the units), or, for features "
+            "that are not volumes, set log_features=False (--harmonizer-param log_features=false)"
         )
     return values, expected
+
+
+def _non_numeric_examples(frame: pd.DataFrame, columns: Sequence[str]) -> str:
+    """``column 'x' at row 'r': 'abc'`` for the first value of each column that is not a number."""
+    examples = []
+    for name in list(columns)[:3]:
+        column = frame[name]
+        if isinstance(column, pd.DataFrame):  # repeated column name
+            column = column.iloc[:, 0]
+        not_number = pd.to_numeric(column, errors="coerce").isna() & column.notna()
+        if pd.api.types.is_bool_dtype(column.dtype) or not not_number.any():
+            not_number = column.notna()
+        if not_number.any():
+            row = not_number.to_numpy().argmax()
+            examples.append(f"{name!r} at row {column.index[row]!r}: {column.iloc[row]!r}")
+    return "; ".join(examples) or "no values"
+
+
+def _cell_preview(bad: np.ndarray, values: np.ndarray, index: pd.Index, names: Sequence[str],
+                  limit: int = 5) -> str:
+    """``column 'x' at row 'r' (value)`` for the first cells marked in ``bad``, row by row."""
+    rows, cols = np.nonzero(bad)
+    cells = [f"{names[j]!r} at row {index[i]!r} ({values[i, j]:.6g})" for i, j in zip(rows[:limit], cols[:limit])]
+    more = f", ... ({len(rows)} in all)" if len(rows) > limit else ""
+    return ", ".join(cells) + more
+
+
+def positive_columns(values: np.ndarray, names: Sequence[str]) -> list:
+    """Names of the columns of ``values`` whose every value is > 0: volumes, kept positive on output."""
+    if values.size == 0:
+        return []
+    return [names[j] for j in np.flatnonzero((values > 0).all(axis=0))]
+
+
+def check_positive_output(values: np.ndarray, names: Sequence[str], index: pd.Index, volumes: Sequence[str],
+                          method: str, fix: str) -> None:
+    """Refuse to return harmonized ``values`` that are <= 0 (or not finite) in a ``volumes`` column.
+
+    A harmonizer must never write a non-positive volume: when its correction would, nothing is
+    returned and the error names the cells and ``fix``.
+    """
+    wanted = set(volumes)
+    columns = [j for j, name in enumerate(names) if name in wanted]
+    if not columns:
+        return
+    bad = np.zeros(values.shape, dtype=bool)
+    bad[:, columns] = ~(values[:, columns] > 0)  # NaN counts as not positive
+    if not bad.any():
+        return
+    cols = [names[j] for j in np.flatnonzero(bad.any(axis=0))]
+    raise NonPositiveOutputError(
+        f"{method} would return {int(bad.sum())} volume(s) <= 0 in column(s) {_preview(cols)} "
+        f"({_cell_preview(bad, values, index, names)}): its site correction exceeds these volumes, so "
+        f"nothing was written; {fix}"
+    )
 
 
 def age_array(covariates: pd.DataFrame) -> np.ndarray:

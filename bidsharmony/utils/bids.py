@@ -36,11 +36,23 @@ def _bidsignore_patterns(bids_dir: Path) -> list[str]:
     return [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
 
 
-def validate_bids(bids_dir: Path, max_listed: int = 3) -> None:
+def validate_bids(bids_dir: Path, max_listed: int = 3, require_subjects: bool = True, exempt=()) -> None:
     """Check the dataset root and every file name against the BIDS specification.
 
     Uses the ``bids_validator`` package that ships with PyBIDS (file names and folder
     structure); content-level validation is the npm ``bids-validator``'s job.
+
+    Parameters
+    ----------
+    bids_dir : path-like
+        The dataset root.
+    max_listed : int
+        Invalid file names named in the error.
+    require_subjects : bool
+        Refuse a dataset without ``sub-<label>`` folders (the group level on tables given with
+        ``--features``/``--covariates`` needs none).
+    exempt : sequence of path-like
+        Files not judged by name (the tables given on the command line, wherever they are).
 
     Raises
     ------
@@ -55,6 +67,9 @@ def validate_bids(bids_dir: Path, max_listed: int = 3) -> None:
     read_dataset_description(bids_dir)
     validator = BIDSValidator()
     ignored = _bidsignore_patterns(bids_dir)
+    resolved_root = bids_dir.resolve()
+    exempted = {Path(p).resolve() for p in exempt if p}
+    exempted = {p.relative_to(resolved_root).as_posix() for p in exempted if resolved_root in p.parents}
     invalid = []
     for root, dirs, files in os.walk(bids_dir):
         rel_root = Path(root).relative_to(bids_dir)
@@ -62,7 +77,8 @@ def validate_bids(bids_dir: Path, max_listed: int = 3) -> None:
             dirs[:] = [d for d in dirs if d not in _UNJUDGED_FOLDERS and not d.startswith(".")]
         for name in files:
             rel = (rel_root / name).as_posix()
-            if name.startswith(".") or any(fnmatch.fnmatch(rel, p.strip("/")) or rel.startswith(p.strip("/") + "/") for p in ignored):
+            if name.startswith(".") or rel in exempted or any(
+                    fnmatch.fnmatch(rel, p.strip("/")) or rel.startswith(p.strip("/") + "/") for p in ignored):
                 continue
             if not validator.is_bids("/" + rel):
                 invalid.append(rel)
@@ -73,8 +89,9 @@ def validate_bids(bids_dir: Path, max_listed: int = 3) -> None:
             f"{bids_dir}: file names are not valid BIDS: {listed}{more} (rename them, list "
             "them in .bidsignore, or pass --skip-bids-validation)"
         )
-    if not any(p.name.startswith("sub-") and p.is_dir() for p in bids_dir.iterdir()):
-        raise BIDSInvalidError(f"{bids_dir} holds no sub-<label> folder: there is nothing to process")
+    if require_subjects and not any(p.name.startswith("sub-") and p.is_dir() for p in bids_dir.iterdir()):
+        raise BIDSInvalidError(f"{bids_dir} holds no sub-<label> folder: there is nothing to process (the "
+                               "group level on existing tables, --features/--covariates, needs none)")
 
 
 def check_paths(bids_dir: Path, output_dir: Path, work_dir: Path | None = None) -> None:

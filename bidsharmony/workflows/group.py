@@ -75,6 +75,11 @@ def collect_covariates(
     participants = _read_tsv(participants_file)
     if "participant_id" not in participants.columns:
         raise BidsharmonyError(f"{participants_file} has no participant_id column; add it")
+    from ..harmonize.errors import CovariateError
+
+    refuse_repeated_scans(participants, participants_file, CovariateError,
+                          "keep one row per participant (or per participant and session, with a session_id "
+                          "column)")
     if "session_id" in participants.columns:  # one row per scan: index by both
         participants["participant_id"] = participants["participant_id"] + "|" + participants["session_id"]
         scans = scans.assign(participant_id=scans["participant_id"] + "|" + scans["session_id"])
@@ -108,7 +113,8 @@ def _t1w_sidecar(bids_dir: Path, subject: str, session: str) -> Path:
     folder = bids_dir / subject / (session if session != "n/a" else "") / "anat"
     sidecars = sorted(folder.glob(f"{subject}*_T1w.json"))
     if not sidecars:
-        raise BidsharmonyError(f"no T1w sidecar in {folder} to derive the site from; pass --site-column")
+        raise BidsharmonyError(f"no T1w sidecar in {folder} to derive the site from; pass --site-column, or "
+                               "give a site column in --covariates")
     return sidecars[0]
 
 
@@ -128,20 +134,62 @@ class GroupData:
 
 
 def read_feature_table(path: Path) -> pd.DataFrame:
-    """A user's feature table (TSV or CSV) with ``participant_id`` and optional ``session_id``."""
+    """A user's feature table (TSV or CSV) with ``participant_id`` and optional ``session_id``.
+
+    Raises
+    ------
+    FeatureError
+        When a scan (``participant_id``, and ``session_id`` when given) has more than one row.
+    """
+    from ..harmonize.errors import FeatureError
+
     path = Path(path)
     sep = "," if path.suffix.lower() == ".csv" else "\t"
     try:
-        table = pd.read_csv(path, sep=sep, dtype={"participant_id": str, "session_id": str}, keep_default_na=False, na_values=["", "NaN", "nan", "NA"])
+        table = pd.read_csv(path, sep=sep, dtype={"participant_id": str, "session_id": str}, keep_default_na=False,
+                            na_values=["", "n/a", "NaN", "nan", "NA"])
     except (pd.errors.ParserError, UnicodeDecodeError) as err:
         raise BidsharmonyError(f"{path} is not a readable {'CSV' if sep == ',' else 'TSV'} table ({err})") from None
     if "participant_id" not in table.columns:
         raise BidsharmonyError(f"{path} has no participant_id column; add one (e.g. sub-01)")
+    if table["participant_id"].isna().any():
+        lines = [str(i + 2) for i in table.index[table["participant_id"].isna()][:5]]
+        raise FeatureError(f"{path}: participant_id is empty on line(s) {', '.join(lines)}; fill it in or "
+                           "drop those rows")
     table["participant_id"] = [p if p.startswith("sub-") else f"sub-{p}" for p in table["participant_id"]]
     if "session_id" not in table.columns:
         table["session_id"] = "n/a"
-    table["session_id"] = table["session_id"].replace("", "n/a")
+    table["session_id"] = table["session_id"].fillna("n/a").replace("", "n/a")
+    refuse_repeated_scans(table, path, FeatureError,
+                          "keep one row per scan (average or drop the repeats), or add a session_id column "
+                          "telling the sessions apart")
     return table
+
+
+def refuse_repeated_scans(table: pd.DataFrame, path: Path, error: type, fix: str) -> None:
+    """Raise ``error`` naming the file, the repeated ids and their lines when a scan has several rows.
+
+    A scan is a ``participant_id`` (and ``session_id`` when the table has one); line numbers count
+    the header as line 1.
+    """
+    keys = [c for c in ID_COLUMNS if c in table.columns]
+    repeated = table.duplicated(subset=keys, keep=False)
+    if not repeated.any():
+        return
+    described = []
+    for key, rows in table[repeated].groupby(keys, sort=False).groups.items():
+        key = key if isinstance(key, tuple) else (key,)
+        name = " ".join(str(k) for k in key if k != "n/a")
+        described.append(f"{name} (lines {', '.join(str(i + 2) for i in rows)})")
+    more = f", ... ({len(described)} in all)" if len(described) > 3 else ""
+    raise error(f"{path}: {len(described)} scan(s) appear on more than one row: "
+                f"{'; '.join(described[:3])}{more}; {fix}")
+
+
+def scan_labels(ids: pd.DataFrame) -> pd.Index:
+    """Row labels naming each scan in messages: ``sub-01``, or ``sub-01 ses-1`` with sessions."""
+    labels = [p if s == "n/a" else f"{p} {s}" for p, s in zip(ids["participant_id"], ids["session_id"])]
+    return pd.Index(labels, name="scan")
 
 
 def _numeric_covariates(covariates: pd.DataFrame, source: Path) -> pd.DataFrame:
@@ -160,39 +208,50 @@ def _numeric_covariates(covariates: pd.DataFrame, source: Path) -> pd.DataFrame:
     return out
 
 
-def _harmonizable(features: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
-    """Keep numeric columns that are positive and vary; list the others."""
-    numeric = features.apply(pd.to_numeric, errors="coerce")
-    keep = [c for c in numeric if (numeric[c] > 0).all() and numeric[c].nunique() > 1]
-    return numeric[keep], [c for c in features.columns if c not in keep]
+def _harmonizable(features: pd.DataFrame, drop_non_positive: bool) -> tuple[pd.DataFrame, list[str]]:
+    """Keep the columns that vary (and, with ``drop_non_positive``, are positive); list the others."""
+    keep = [c for c in features if features[c].nunique() > 1 and (not drop_non_positive or (features[c] > 0).all())]
+    return features[keep], [c for c in features.columns if c not in keep]
 
 
-def load_group_data(config) -> GroupData:
-    """Features and covariates of every scan, from ROI tables or ``--features``."""
+def load_group_data(config, require_positive: bool = True) -> GroupData:
+    """Features and covariates of every scan, from ROI tables or ``--features``.
+
+    Every frame is indexed by the scan (``sub-01``, ``sub-01 ses-1``; for the participant
+    level's ROI tables the table's file name), so that any error about rows names them.
+
+    A ``--features`` table is checked as the harmonizers check it (one row per scan, numeric
+    finite features and, with ``require_positive``, volumes > 0) and refused otherwise, naming
+    the rows and columns; of the participant level's ROI tables, features that are zero in some
+    scan (a label the atlas lost in a small brain) are set aside and listed in ``excluded``.
+    Features constant over the scans are set aside in both cases.
+    """
+    from ..harmonize.validation import feature_array
+
     if config.features:
         table = read_feature_table(config.features)
         ids = table[list(ID_COLUMNS)]
+        labels = scan_labels(ids)
         feature_table = table.drop(columns=[c for c in table.columns if c in ID_COLUMNS or c in COVARIATE_COLUMNS])
         source_files, sources = None, [str(config.features)]
     else:
         table = collect_roi_tables(config.output_dir, config.atlas_name)
         ids = table[list(ID_COLUMNS)]
+        labels = pd.Index([Path(f).name for f in table["source_file"]], name="scan")
         feature_table = table[[c for c in table.columns if c.startswith(("volume_", "gm_"))]]
         source_files = table["source_file"]
         sources = [f"bids::{Path(f).relative_to(config.output_dir).as_posix()}" for f in source_files]
-    nan_columns = [c for c in feature_table if feature_table[c].isna().any()]
-    if nan_columns:
-        raise BidsharmonyError(
-            f"features with missing values: {', '.join(nan_columns[:5])}; fill or drop them before harmonizing"
-        )
+    feature_table = feature_table.set_axis(labels)
+    # the harmonizers' own checks, up front: nothing is collected or fitted from a table they refuse
+    feature_array(feature_table, require_positive=require_positive and bool(config.features))
     covariates = collect_covariates(config.bids_dir, ids, config.site_column, config.covariates)
     covariates = _numeric_covariates(covariates, config.covariates or Path(config.bids_dir) / "participants.tsv")
-    features, excluded = _harmonizable(feature_table)
+    features, excluded = _harmonizable(feature_table, drop_non_positive=not config.features)
     return GroupData(
-        ids=ids.reset_index(drop=True),
-        covariates=covariates.reset_index(drop=True),
-        features=features.reset_index(drop=True),
-        source_files=None if source_files is None else source_files.reset_index(drop=True),
+        ids=ids.set_axis(labels),
+        covariates=covariates.set_axis(labels),
+        features=features,
+        source_files=None if source_files is None else source_files.set_axis(labels),
         sources=sources,
         excluded=excluded,
     )

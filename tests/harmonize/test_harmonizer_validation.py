@@ -1,22 +1,25 @@
 """Input validation shared by all harmonizers: codings, clear errors, warnings."""
 
 import dataclasses
+import json
 import warnings
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from bidsharmony.errors import BidsharmonyError
-from bidsharmony.harmonize import validation
+from bidsharmony.errors import EXIT_ERROR, BidsharmonyError
+from bidsharmony.harmonize import HARMONIZERS, get_harmonizer, load_harmonizer, validation
 from bidsharmony.harmonize.combat import ComBat
 from bidsharmony.harmonize.errors import (
     CovariateError,
     CovariateOverlapWarning,
     FeatureError,
     HarmonizerParameterError,
+    NonPositiveOutputError,
     NotEnoughSubjectsError,
 )
+from harmonize_helpers import FAST_FLOW, fit_quietly
 
 
 @pytest.mark.parametrize("codes, expected", [
@@ -161,3 +164,112 @@ def test_good_data_raises_no_warning(small_table):
         mask = (small_table.covariates.site != "siteC").to_numpy()
         ComBat(reference_site="siteA", min_subjects_per_site=5).fit(
             small_table.features[mask], small_table.covariates[mask])
+
+
+# ------------------------------------------------------------------ volumes stay positive
+#: quick settings of each table harmonizer for the tiny-volume table
+_QUICK = {"flow-scm": dict(FAST_FLOW, epochs=20),
+          "equivariant-pooling": dict(epochs_stage1=2, epochs_stage2=2, latent_dim=4)}
+
+
+@pytest.fixture(scope="module")
+def tiny_volume_table():
+    """3 sites x 40 scans: a brain-sized volume and a tiny one (a few mm³ at the reference site)
+    that siteB reads ~8x larger plus 30 mm³ and siteC ~3x larger, so that harmonizing to siteA
+    subtracts far more than the smallest volumes hold. On the raw scale ComBat maps a siteC
+    scan below zero (checked below)."""
+    rng = np.random.default_rng(0)
+    n = 40
+    sites = np.repeat(["siteA", "siteB", "siteC"], n)
+    age = rng.uniform(20, 80, 3 * n)
+    big = 5000 * np.exp(0.1 * rng.standard_normal(3 * n) - 0.003 * (age - 50))
+    tiny = np.exp(np.log(2.0) + 0.6 * rng.standard_normal(3 * n))
+    tiny = (tiny * np.select([sites == "siteB", sites == "siteC"], [8.0, 3.0], 1.0)
+            + np.where(sites == "siteB", 30.0, 0.0))
+    index = pd.Index([f"sub-{i:03d}" for i in range(3 * n)])
+    features = pd.DataFrame({"big": big, "tiny": tiny}, index=index)
+    covariates = pd.DataFrame({"site": sites, "age": age, "sex": rng.choice(["F", "M"], 3 * n)}, index=index)
+    return features, covariates
+
+
+def test_table_harmonizers_model_log_volumes_by_default():
+    for name in HARMONIZERS:
+        assert get_harmonizer(name).log_features is True, name
+
+
+@pytest.mark.parametrize("name", HARMONIZERS)
+def test_no_table_harmonizer_writes_a_non_positive_volume(name, tiny_volume_table):
+    features, covariates = tiny_volume_table
+    settings = {"min_subjects_per_site": 5, **_QUICK.get(name, {})}
+    harmonizer = fit_quietly(get_harmonizer(name, reference_site="siteA", **settings), features, covariates)
+    out = harmonizer.transform(features, covariates)
+    if getattr(harmonizer, "output_kind", "features") == "representation":
+        # equivariant pooling returns latent coordinates, not volumes: signed by design, never
+        # taken for the input's features (other columns, declared in attrs and the manifest)
+        assert out.attrs["output_kind"] == "representation" and not set(out.columns) & set(features.columns)
+        return
+    assert list(out.columns) == ["big", "tiny"]
+    assert (out.to_numpy() > 0).all(), out.min()
+    assert out.loc[covariates.site != "siteA", "tiny"].max() < features["tiny"].max() / 2  # it did harmonize
+
+
+def test_raw_scale_combat_refuses_rather_than_writes_a_negative_volume(tiny_volume_table, tmp_path):
+    features, covariates = tiny_volume_table
+    model = fit_quietly(ComBat(reference_site="siteA", min_subjects_per_site=5, log_features=False),
+                        features, covariates)
+    with pytest.raises(NonPositiveOutputError) as error:
+        model.transform(features, covariates)
+    message = str(error.value)
+    assert "'tiny' at row 'sub-" in message and "'big'" not in message
+    assert "log_features=True" in message and "\n" not in message
+    assert error.value.exit_code == EXIT_ERROR
+    # the saved model knows its volume columns (manifest) and refuses the same way once loaded
+    model.save(tmp_path / "combat")
+    assert json.loads((tmp_path / "combat" / "manifest.json").read_text())["positive_features"] == ["big", "tiny"]
+    with pytest.raises(NonPositiveOutputError, match="'tiny' at row"):
+        load_harmonizer(tmp_path / "combat").transform(features, covariates)
+
+
+def test_a_model_saved_without_its_volume_columns_judges_the_rows_given(tiny_volume_table, tmp_path):
+    features, covariates = tiny_volume_table
+    model = fit_quietly(ComBat(reference_site="siteA", min_subjects_per_site=5, log_features=False),
+                        features, covariates)
+    model.save(tmp_path / "old")
+    manifest_path = tmp_path / "old" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    del manifest["positive_features"]  # as written before the key existed
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(NonPositiveOutputError, match="'tiny' at row"):
+        load_harmonizer(tmp_path / "old").transform(features, covariates)
+
+
+def test_signed_features_stay_allowed_on_the_raw_scale(tiny_volume_table):
+    """A feature that is not a volume (negative values at fit) is never judged as one."""
+    features, covariates = tiny_volume_table
+    signed = features.assign(asymmetry=np.linspace(-1.0, 1.0, len(features)))
+    out = fit_quietly(ComBat(reference_site="siteA", min_subjects_per_site=5, log_features=False),
+                      signed[["big", "asymmetry"]], covariates).transform(signed[["big", "asymmetry"]], covariates)
+    assert (out["asymmetry"] < 0).any() and (out["big"] > 0).all()
+
+
+def test_non_positive_volume_names_row_column_value_and_fix(small_table):
+    features = small_table.features.copy()
+    features.iloc[4, 2] = -12.5
+    features.iloc[7, 0] = 0.0
+    with pytest.raises(FeatureError) as error:
+        ComBat(min_subjects_per_site=5).fit(features, small_table.covariates)
+    message = str(error.value)
+    assert "2 feature value(s) <= 0" in message
+    assert f"'roi-003' at row {features.index[4]!r} (-12.5)" in message
+    assert f"'roi-001' at row {features.index[7]!r} (0)" in message
+    assert "log_features=False" in message and "--harmonizer-param log_features=false" in message
+    assert "\n" not in message
+
+
+def test_non_numeric_feature_names_a_row_and_its_value(small_table):
+    features = small_table.features.copy().astype({"roi-002": object})
+    features.iloc[5, 1] = "12,5"
+    with pytest.raises(FeatureError) as error:
+        ComBat(min_subjects_per_site=5).fit(features, small_table.covariates)
+    message = str(error.value)
+    assert f"'roi-002' at row {features.index[5]!r}: '12,5'" in message and "drop the column" in message

@@ -356,6 +356,7 @@ class FlowSCMHarmonizer(Harmonizer):
         interventions = self._do_values(do, data.n_rows)
         out = np.empty_like(data.features)
         self._counterfactual_array(values, interventions, np.arange(data.n_rows), out)
+        self._check_positive_output(data, out)
         return data.to_frame(out)
 
     def log_prob(self, features: pd.DataFrame, covariates: pd.DataFrame, joint: bool = False) -> pd.Series:

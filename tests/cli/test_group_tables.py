@@ -1,0 +1,185 @@
+"""The group level on tables given with --features/--covariates: what it refuses, and what it
+does not need (sub- folders)."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bidsharmony.cli.run import main
+from bidsharmony.datasets.tabular import make_feature_table
+from bidsharmony.errors import EXIT_BIDS_INVALID, EXIT_ERROR
+
+
+def _run(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([str(a) for a in argv])
+    return exc.value.code, capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def tables(tmp_path_factory):
+    """A dataset root with a dataset_description.json and no sub- folder, and the two tables."""
+    root = tmp_path_factory.mktemp("tables")
+    bids = root / "bids"
+    bids.mkdir()
+    (bids / "dataset_description.json").write_text(json.dumps({"Name": "tables only", "BIDSVersion": "1.9.0"}))
+    data = make_feature_table(n_per_site=20, n_sites=3, n_features=4, seed=4, nonlinear_effect=0.0)
+    ids = [f"sub-{i:03d}" for i in range(len(data.features))]
+    features = data.features.reset_index(drop=True).assign(participant_id=ids)[["participant_id", *data.features]]
+    covariates = data.covariates.reset_index(drop=True).assign(participant_id=ids)
+    features.to_csv(root / "features.tsv", sep="\t", index=False)
+    covariates.to_csv(root / "covariates.tsv", sep="\t", index=False)
+    return root, bids, features, covariates
+
+
+def _group(bids, out, features, covariates, *extra):
+    return [bids, out, "group", "--features", features, "--covariates", covariates, "--min-site-size", "5", *extra]
+
+
+@pytest.mark.parametrize("inside", [False, True], ids=["tables-elsewhere", "tables-in-the-dataset-root"])
+def test_group_level_on_tables_needs_no_subject_folders(tables, tmp_path, capsys, inside):
+    root, bids, features, covariates = tables
+    assert not any(p.name.startswith("sub-") for p in bids.iterdir())
+    if inside:  # a folder holding only the tables: their names are not judged as BIDS names
+        bids = tmp_path / "dataset"
+        bids.mkdir()
+        (bids / "dataset_description.json").write_text((root / "bids" / "dataset_description.json").read_text())
+        features.to_csv(bids / "features.tsv", sep="\t", index=False)
+        covariates.to_csv(bids / "covariates.tsv", sep="\t", index=False)
+        paths = (bids / "features.tsv", bids / "covariates.tsv")
+    else:
+        paths = (root / "features.tsv", root / "covariates.tsv")
+    out = tmp_path / "out"
+    code, message = _run(_group(bids, out, *paths, "--harmonizer", "combat"), capsys)  # BIDS validation on
+    assert code == 0, message
+    harmonized = pd.read_csv(out / "group" / "desc-combat_morph.tsv", sep="\t")
+    assert list(harmonized["participant_id"]) == list(features["participant_id"])
+    assert (harmonized[[c for c in features if c != "participant_id"]].to_numpy() > 0).all()
+
+
+def test_participant_level_still_needs_subject_folders(tables, tmp_path, capsys):
+    _, bids, _, _ = tables
+    code, message = _run([bids, tmp_path / "out", "participant"], capsys)
+    assert code == EXIT_BIDS_INVALID and "sub-<label>" in message
+
+
+def _refused(capsys, tables, tmp_path, features, *extra, covariates=None):
+    """Run the group level on an edited feature table; return (code, message, table path, output)."""
+    root, bids, _, original = tables
+    path = tmp_path / "edited.tsv"
+    features.to_csv(path, sep="\t", index=False)
+    covariates_path = root / "covariates.tsv"
+    if covariates is not None:
+        covariates_path = tmp_path / "edited_covariates.tsv"
+        covariates.to_csv(covariates_path, sep="\t", index=False)
+    out = tmp_path / "out"
+    code, message = _run(_group(bids, out, path, covariates_path, "--harmonizer", "combat", *extra), capsys)
+    return code, message.strip(), path, out
+
+
+def _nothing_written(out):
+    return not (out / "group").exists() or not list((out / "group").glob("*.tsv"))
+
+
+def test_negative_volume_is_refused_naming_file_row_column_and_fix(tables, tmp_path, capsys):
+    features = tables[2].copy()
+    features.loc[3, "roi-002"] = -25.0
+    code, message, path, out = _refused(capsys, tables, tmp_path, features)
+    assert code == EXIT_ERROR and len(message.splitlines()) == 1
+    assert str(path) in message and "'roi-002' at row 'sub-003' (-25)" in message
+    assert "volumes must be positive" in message and "--harmonizer-param log_features=false" in message
+    assert "Traceback" not in message and _nothing_written(out)
+
+
+def test_duplicate_participant_rows_are_refused_naming_file_lines_and_fix(tables, tmp_path, capsys):
+    features = tables[2]
+    repeated = pd.concat([features, features.iloc[[4]]], ignore_index=True)
+    code, message, path, out = _refused(capsys, tables, tmp_path, repeated)
+    assert code == EXIT_ERROR and len(message.splitlines()) == 1
+    last_line = len(repeated) + 1  # the header is line 1
+    assert str(path) in message and f"sub-004 (lines 6, {last_line})" in message
+    assert "one row per scan" in message and "session_id" in message and _nothing_written(out)
+
+
+def test_sessions_tell_repeated_participants_apart(tables, tmp_path, capsys):
+    """The same participant twice is fine when session_id says which scan each row is."""
+    features = tables[2].assign(session_id="ses-1")
+    again = features.iloc[:30].assign(session_id="ses-2")
+    scans = pd.concat([features, again], ignore_index=True)
+    covariates = pd.concat([tables[3].assign(session_id="ses-1"), tables[3].iloc[:30].assign(session_id="ses-2")],
+                           ignore_index=True)
+    code, message, _, out = _refused(capsys, tables, tmp_path, scans, covariates=covariates)
+    assert code == 0, message
+    assert len(pd.read_csv(out / "group" / "desc-combat_morph.tsv", sep="\t")) == len(scans)
+
+
+def test_duplicate_covariate_rows_are_refused_naming_the_file(tables, tmp_path, capsys):
+    covariates = pd.concat([tables[3], tables[3].iloc[[7]]], ignore_index=True)
+    code, message, _, _ = _refused(capsys, tables, tmp_path, tables[2], covariates=covariates)
+    assert code == EXIT_ERROR and len(message.splitlines()) == 1
+    assert "edited_covariates.tsv" in message and "sub-007 (lines 9," in message
+
+
+@pytest.mark.parametrize("kind", ["text-column", "one-bad-cell"])
+def test_non_numeric_feature_column_is_refused_naming_file_column_and_row(tables, tmp_path, capsys, kind):
+    features = tables[2].copy()
+    if kind == "text-column":
+        features["scanner"] = "Prisma"
+        expected = "'scanner' at row 'sub-000': 'Prisma'"
+    else:
+        features["roi-003"] = features["roi-003"].astype(object)
+        features.loc[9, "roi-003"] = "1.2e3mm"
+        expected = "'roi-003' at row 'sub-009': '1.2e3mm'"
+    code, message, path, out = _refused(capsys, tables, tmp_path, features)
+    assert code == EXIT_ERROR and len(message.splitlines()) == 1
+    assert str(path) in message and "non-numeric feature column" in message and expected in message
+    assert "drop the column" in message and _nothing_written(out)
+
+
+def test_missing_feature_values_name_the_rows(tables, tmp_path, capsys):
+    features = tables[2].copy().astype({"roi-001": object})
+    features.loc[11, "roi-001"] = "n/a"
+    code, message, path, _ = _refused(capsys, tables, tmp_path, features)
+    assert code == EXIT_ERROR and str(path) in message and "'roi-001'" in message and "'sub-011'" in message
+
+
+def test_features_that_are_not_volumes_pass_on_the_raw_scale(tables, tmp_path, capsys):
+    """--harmonizer-param log_features=false is the way out the refusal names, and it works."""
+    features = tables[2].assign(asymmetry=np.linspace(-0.2, 0.2, len(tables[2])))
+    code, message, _, out = _refused(capsys, tables, tmp_path, features, "--harmonizer-param", "log_features=false")
+    assert code == 0, message
+    harmonized = pd.read_csv(out / "group" / "desc-combat_morph.tsv", sep="\t")
+    assert (harmonized["asymmetry"] < 0).any()
+    meta = json.loads((out / "group" / "desc-combat_morph.json").read_text())
+    assert meta["Parameters"]["log_features"] is False and "asymmetry" not in meta["NotHarmonized"]
+
+
+def test_participant_level_roi_tables_still_harmonize_and_set_zero_rois_aside(tables, tmp_path, capsys):
+    """Without --features: each scan's ROI table, zero ROIs left out and listed, per-scan outputs."""
+    _, _, features, covariates = tables
+    bids, out = tmp_path / "bids", tmp_path / "out"
+    bids.mkdir()
+    (bids / "dataset_description.json").write_text(json.dumps({"Name": "roi", "BIDSVersion": "1.9.0"}))
+    covariates.to_csv(bids / "participants.tsv", sep="\t", index=False)
+    for k, row in features.iterrows():
+        subject = row["participant_id"]
+        (bids / subject / "anat").mkdir(parents=True)
+        anat = out / subject / "anat"
+        anat.mkdir(parents=True)
+        volumes = {f"volume_{c}": row[c] for c in features if c != "participant_id"}
+        volumes["volume_Lost"] = 0.0 if k == 5 else 100.0 + k  # a label the atlas lost in one brain
+        pd.DataFrame([{"participant_id": subject, "session_id": "n/a", **volumes}]).to_csv(
+            anat / f"{subject}_atlas-Neuromorphometrics_desc-volume_morph.tsv", sep="\t", index=False)
+    code, message = _run([bids, out, "group", "--site-column", "site", "--harmonizer", "combat",
+                          "--min-site-size", "5"], capsys)
+    assert code == 0, message
+    harmonized = pd.read_csv(out / "group" / "atlas-Neuromorphometrics_desc-combat_morph.tsv", sep="\t")
+    assert list(harmonized["participant_id"]) == list(features["participant_id"])
+    assert "volume_Lost" not in harmonized
+    meta = json.loads((out / "group" / "atlas-Neuromorphometrics_desc-combat_morph.json").read_text())
+    assert meta["NotHarmonized"] == ["volume_Lost"]
+    one = pd.read_csv(out / "sub-007" / "anat" / "sub-007_atlas-Neuromorphometrics_desc-combat_morph.tsv", sep="\t")
+    assert one["participant_id"].tolist() == ["sub-007"]
+    assert one["volume_roi-001"].iloc[0] == pytest.approx(harmonized.loc[7, "volume_roi-001"])
