@@ -105,6 +105,7 @@ class Config:
     counterfactual: dict = field(default_factory=dict)
     features: Path | None = None
     covariates: Path | None = None
+    protect: list[str] = field(default_factory=list)
     harmonizer_model: Path | None = None
     flow: str = "quadratic-spline"
     epochs: int = 100

@@ -43,6 +43,8 @@ def harmonizer_params(config, method: str) -> dict:
     elif method == "equivariant-pooling":
         params.update(num_threads=config.omp_nthreads)
     accepted = constructor_parameters(harmonizer_class(method))
+    if config.protect and "extra_covariates" in accepted:
+        params["extra_covariates"] = list(config.protect)
     params.update({k: v for k, v in config.harmonizer_params.items() if k in accepted})
     return params
 
@@ -58,6 +60,14 @@ def check_group_options(config) -> None:
     if config.counterfactual and "deepscm-image" not in config.harmonizer and not config.harmonizer_model:
         raise UsageError("--counterfactual draws deep-SCM counterfactuals: add --harmonizer deepscm-image "
                          "(or --harmonizer-model with a saved deepscm-image model)")
+    if config.protect:
+        from ..harmonize.names import HARMONIZERS
+
+        unable = [m for m in config.harmonizer
+                  if m in HARMONIZERS and "extra_covariates" not in constructor_parameters(harmonizer_class(m))]
+        if unable:
+            raise UsageError(f"--protect: {', '.join(unable)} cannot keep further covariates; drop "
+                             f"{'it' if len(unable) == 1 else 'them'} from --harmonizer or drop --protect")
     if not config.harmonizer_params:
         return
     accepted = set()
@@ -126,6 +136,8 @@ def _fit_and_apply(config, jobs, group, out_dir: Path) -> list[Path]:
             "RandomSeed": config.random_seed,
             "NotHarmonized": group.excluded,
         }
+        if group.protected:
+            meta["ProtectedCovariates"] = group.protected
         log_likelihood = getattr(harmonizer, "training_log_likelihood_", None)
         if log_likelihood is not None:
             meta["TrainingLogLikelihood"] = log_likelihood
@@ -262,7 +274,7 @@ def _evaluate(config, methods, group, out_dir: Path) -> Path:
         n_threads=config.omp_nthreads,
     )
     results.write_tables(out_dir / "evaluation")
-    return write_group_report(results, out_dir)
+    return write_group_report(results, out_dir, protected=group.protected)
 
 
 def run_group(config) -> list[Path]:
@@ -313,6 +325,7 @@ def _run_features(config, methods: list[str], out_dir: Path) -> list[Path]:
             "Description": "Features of every scan with covariates, before harmonization",
             "Sources": group.sources,
             "NotHarmonized": group.excluded,
+            **({"ProtectedCovariates": group.protected} if group.protected else {}),
         })
     ]
     sites = group.covariates["site"].value_counts().to_dict()

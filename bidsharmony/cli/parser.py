@@ -233,6 +233,13 @@ def build_parser() -> argparse.ArgumentParser:
         "participant (or scan); default: the dataset's participants.tsv (and sessions.tsv)",
     )
     group.add_argument(
+        "--protect", nargs="+", default=[], metavar="COLUMN",
+        help="covariate columns (participants.tsv or --covariates) whose effect every harmonizer "
+        "keeps, e.g. a diagnosis: numbers are modelled linearly, a column with two values as 0/1. "
+        "An effect not declared here that differs between sites (a disease more common at one "
+        "site) cannot be told apart from the site effect and is partly removed",
+    )
+    group.add_argument(
         "--harmonizer-model", type=Path, metavar="DIR",
         help="apply a saved model (group/models/<method>) to new scans without refitting",
     )

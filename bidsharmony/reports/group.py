@@ -476,7 +476,7 @@ def _loglik_table(results) -> str:
 
 def write_group_report(results, out_dir, *, rois=None, max_rois: int = 3, filename: str = "group_report.html",
                        title: str = "Harmonization report", figure_dir: str = FIGURE_DIR, dpi: int = 110,
-                       formats=("png", "svg")) -> Path:
+                       formats=("png", "svg"), protected=None) -> Path:
     """Write the group HTML report of an evaluation.
 
     Parameters
@@ -498,6 +498,9 @@ def write_group_report(results, out_dir, *, rois=None, max_rois: int = 3, filena
         Resolution of the PNG files.
     formats : sequence of str
         Figure formats written; the first of PNG/other is embedded, all are linked.
+    protected : dict, optional
+        Covariates declared with ``--protect`` and their coding; the report says which effects
+        were kept, and that undeclared ones cannot be.
 
     Returns
     -------
@@ -521,6 +524,13 @@ def write_group_report(results, out_dir, *, rois=None, max_rois: int = 3, filena
         "of a participant in the same fold, every site in every fold); in each fold a fresh harmonizer was fitted on "
         "the training scans only and then applied to the held-out scans. Harmonizing the whole data set before "
         "splitting would let test scans leak into the correction (Marzi et al., Sci Data 2024).</p>")
+    kept = ", ".join(f"<b>{_esc(c)}</b>" for c in (protected or {}))
+    sections.append(
+        "<p class='note'>Kept in every method's model: age, sex"
+        + (f" and the protected covariate(s) {kept}" if kept else "") + ". An effect that is not declared "
+        "and differs between sites — a disease more common at one site, say — cannot be told apart from the "
+        "site effect: every method removes part of it. Declare such a column with <code>--protect</code>"
+        + (" (done here for the columns above)." if kept else ".") + "</p>")
     if results.failed:
         sections.append("".join(f"<div class='err'><b>{_esc(m)} failed</b>: {_esc(msg)}</div>"
                                 for m, msg in results.failed.items()))

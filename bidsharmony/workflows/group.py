@@ -131,6 +131,7 @@ class GroupData:
     source_files: pd.Series | None = None
     sources: list[str] = field(default_factory=list)
     excluded: list[str] = field(default_factory=list)
+    protected: dict = field(default_factory=dict)  # column -> how it is coded for the harmonizers
 
 
 def read_feature_table(path: Path) -> pd.DataFrame:
@@ -192,6 +193,38 @@ def scan_labels(ids: pd.DataFrame) -> pd.Index:
     return pd.Index(labels, name="scan")
 
 
+def protected_covariates(covariates: pd.DataFrame, columns, source: Path) -> tuple[pd.DataFrame, dict]:
+    """The ``--protect`` columns as numbers the harmonizers model, and how each was coded.
+
+    A numeric column is kept as it is; a column with two distinct values becomes 0/1 (the
+    values in sorted order). Anything else is refused, naming the file, the column and the fix.
+    """
+    out, coding = pd.DataFrame(index=covariates.index), {}
+    for column in columns:
+        if column not in covariates:
+            raise BidsharmonyError(f"--protect {column}: {source} has no column {column!r} (columns: "
+                                   f"{', '.join(map(str, covariates.columns))})")
+        values = covariates[column]
+        missing = values.isna() | values.astype(str).str.strip().isin(["", "n/a"])
+        if missing.any():
+            rows = covariates.loc[missing, "participant_id"].tolist()[:5]
+            raise BidsharmonyError(f"--protect {column}: {source} has no value of {column!r} for "
+                                   f"{', '.join(rows)}; fill it in for every scan (or drop those scans)")
+        numbers = pd.to_numeric(values, errors="coerce")
+        if not numbers.isna().any():
+            out[column] = numbers.astype(float)
+            coding[column] = "numeric, modelled linearly"
+            continue
+        levels = sorted(values.astype(str).str.strip().unique())
+        if len(levels) != 2:
+            raise BidsharmonyError(f"--protect {column}: {source} gives {len(levels)} values of {column!r} "
+                                   f"({', '.join(levels[:5])}); give a number or a column with two values "
+                                   "(one 0/1 column per group for more groups)")
+        out[column] = (values.astype(str).str.strip() == levels[1]).astype(float)
+        coding[column] = {levels[0]: 0, levels[1]: 1}
+    return out, coding
+
+
 def _numeric_covariates(covariates: pd.DataFrame, source: Path) -> pd.DataFrame:
     if "age" not in covariates:
         raise BidsharmonyError(f"{source} has no age column; add one (age in years of every participant)")
@@ -245,7 +278,10 @@ def load_group_data(config, require_positive: bool = True) -> GroupData:
     # the harmonizers' own checks, up front: nothing is collected or fitted from a table they refuse
     feature_array(feature_table, require_positive=require_positive and bool(config.features))
     covariates = collect_covariates(config.bids_dir, ids, config.site_column, config.covariates)
-    covariates = _numeric_covariates(covariates, config.covariates or Path(config.bids_dir) / "participants.tsv")
+    source = config.covariates or Path(config.bids_dir) / "participants.tsv"
+    protected, coding = protected_covariates(covariates, getattr(config, "protect", ()), source)
+    covariates = _numeric_covariates(covariates, source)
+    covariates = pd.concat([covariates.drop(columns=list(protected.columns), errors="ignore"), protected], axis=1)
     features, excluded = _harmonizable(feature_table, drop_non_positive=not config.features)
     return GroupData(
         ids=ids.set_axis(labels),
@@ -254,4 +290,5 @@ def load_group_data(config, require_positive: bool = True) -> GroupData:
         source_files=None if source_files is None else source_files.set_axis(labels),
         sources=sources,
         excluded=excluded,
+        protected=coding,
     )

@@ -183,3 +183,74 @@ def test_participant_level_roi_tables_still_harmonize_and_set_zero_rois_aside(ta
     one = pd.read_csv(out / "sub-007" / "anat" / "sub-007_atlas-Neuromorphometrics_desc-combat_morph.tsv", sep="\t")
     assert one["participant_id"].tolist() == ["sub-007"]
     assert one["volume_roi-001"].iloc[0] == pytest.approx(harmonized.loc[7, "volume_roi-001"])
+
+
+def _disease_tables(root, seed=0):
+    """3 sites x 60 scans whose disease prevalence is 10 %, 50 % and 90 %; the disease shrinks
+    every volume by 15 % (log -0.1625), each site scales the volumes by its own factor."""
+    rng = np.random.default_rng(seed)
+    rows, volumes = [], []
+    for k, (site, prevalence) in enumerate({"siteA": 0.1, "siteB": 0.5, "siteC": 0.9}.items()):
+        scale = np.exp(rng.normal(0, 0.15, 4))
+        for i in range(60):
+            sick = rng.random() < prevalence
+            age = rng.uniform(40, 80)
+            log_volume = np.log([3000, 4000, 5000, 6000]) - 0.004 * (age - 60) + np.log(0.85) * sick
+            volumes.append(np.exp(log_volume + rng.normal(0, 0.05, 4)) * scale)
+            rows.append({"participant_id": f"sub-{k}{i:02d}", "site": site, "age": age,
+                         "sex": "M" if rng.random() < 0.5 else "F", "dx": "AD" if sick else "CN"})
+    covariates = pd.DataFrame(rows)
+    features = pd.DataFrame(volumes, columns=[f"roi{j}" for j in range(4)]).assign(
+        participant_id=covariates["participant_id"])[["participant_id", *[f"roi{j}" for j in range(4)]]]
+    features.to_csv(root / "features.tsv", sep="\t", index=False)
+    covariates.to_csv(root / "covariates.tsv", sep="\t", index=False)
+    return root / "features.tsv", root / "covariates.tsv"
+
+
+def _disease_effect(path, covariates):
+    """The disease's effect on the log-volumes, all scans pooled (site ignored, age adjusted):
+    what a study of the harmonized table would estimate."""
+    table = pd.read_csv(path, sep="\t").drop(columns=["dx"], errors="ignore")
+    table = table.merge(pd.read_csv(covariates, sep="\t")[["participant_id", "dx"]], on="participant_id")
+    logs = np.log(table[[f"roi{j}" for j in range(4)]].to_numpy())
+    design = np.column_stack([np.ones(len(table)), table["age"], (table["dx"] == "AD").astype(float)])
+    return float(np.linalg.lstsq(design, logs, rcond=None)[0][2].mean())
+
+
+@pytest.mark.comparison
+def test_protect_keeps_a_site_unbalanced_disease_effect(tables, tmp_path, capsys):
+    """A disease far more common at one site: without --protect ComBat takes part of its effect
+    for a site effect; with --protect dx it is kept. True effect log(0.85) = -0.163; on table
+    seeds 0-4 -0.159 to -0.169 protected vs -0.085 to -0.110 unprotected."""
+    _, bids, _, _ = tables
+    features, covariates = _disease_tables(tmp_path)
+    effects = {}
+    for protect in (False, True):
+        out = tmp_path / f"out-{protect}"
+        code, message = _run(_group(bids, out, features, covariates, "--harmonizer", "combat",
+                                    *(["--protect", "dx"] if protect else [])), capsys)
+        assert code == 0, message
+        effects[protect] = _disease_effect(out / "group" / "desc-combat_morph.tsv", covariates)
+    truth = np.log(0.85)
+    assert abs(effects[True] - truth) < 0.02, effects
+    assert abs(effects[False] - truth) > 2 * abs(effects[True] - truth), effects
+    sidecar = json.loads((tmp_path / "out-True" / "group" / "desc-combat_morph.json").read_text())
+    assert sidecar["ProtectedCovariates"] == {"dx": {"AD": 0, "CN": 1}}
+    assert sidecar["Parameters"]["extra_covariates"] == ["dx"]
+
+
+def test_protect_refuses_what_it_cannot_keep(tables, tmp_path, capsys):
+    _, bids, _, _ = tables
+    features, covariates = _disease_tables(tmp_path)
+    code, message = _run(_group(bids, tmp_path / "a", features, covariates, "--harmonizer", "combat",
+                                "--protect", "dxx"), capsys)
+    assert code == EXIT_ERROR and "--protect dxx" in message and "no column 'dxx'" in message
+    table = pd.read_csv(covariates, sep="\t")
+    table.loc[3, "dx"] = "MCI"
+    table.to_csv(tmp_path / "three.tsv", sep="\t", index=False)
+    code, message = _run(_group(bids, tmp_path / "b", features, tmp_path / "three.tsv", "--harmonizer", "combat",
+                                "--protect", "dx"), capsys)
+    assert code == EXIT_ERROR and "3 values of 'dx'" in message
+    code, message = _run(_group(bids, tmp_path / "c", features, covariates, "--harmonizer", "equivariant-pooling",
+                                "--protect", "dx"), capsys)
+    assert code != 0 and "equivariant-pooling cannot keep further covariates" in message
