@@ -3,9 +3,12 @@
 A test asserts only what held on every seed tried (issue 21). Whether flow-SCM is *better* than
 ComBat on the non-linear site effects of ``tests/harmonize`` (3 sites x 500 scans, 4 features,
 the fixture's 80/20 split and FAST_FLOW settings), and how far equivariant pooling is from a
-plain classifier, depends on the table, so it is measured here over generator seeds.
+plain classifier, depends on the table, so it is measured here over generator seeds; so is
+ComBat-LS against the ComBat family where the spread of the volumes grows with age
+(``make_age_spread_table``, the table of ``tests/harmonize/test_combat_ls.py``).
 
-    python benchmarks/bench_test_claims.py --flow-seeds 10 11 12 13 14 15 16 17 --pool-seeds 4 5 6 7 8 9
+    python benchmarks/bench_test_claims.py --flow-seeds 10 11 12 13 14 15 16 17 --pool-seeds 4 5 6 7 8 9 \
+        --spread-seeds 0 1 2 3 4 5 6 7
 """
 
 import argparse
@@ -20,7 +23,7 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import balanced_accuracy_score
 
-from bidsharmony.datasets.tabular import error_to_reference, make_feature_table
+from bidsharmony.datasets.tabular import error_to_reference, make_age_spread_table, make_feature_table
 from bidsharmony.harmonize import get_harmonizer
 from bidsharmony.harmonize.pooling import EquivariantPooling
 from bidsharmony.harmonize.pooling.metrics import site_adversary
@@ -78,6 +81,22 @@ def pooling_versus_naive(seed: int, model_seed: int = 2) -> dict:
     return row
 
 
+def combat_family_on_age_spread(seed: int, spread_per_year=(0.015, 0.025)) -> dict:
+    """RMS log-ratio (x 100) to the truth at the non-reference sites, every ComBat variant."""
+    table = make_age_spread_table(150, seed=seed, spread_per_year=spread_per_year)
+    other = (table.covariates.site != table.reference_site).to_numpy()
+
+    def error(frame):
+        return 100 * float(np.sqrt(np.mean(np.log(frame.to_numpy()[other] / table.truth_reference.to_numpy()[other]) ** 2)))
+
+    row = {"seed": seed, "raw": error(table.features)}
+    for name in ("combat", "combat-gam", "covbat", "combat-ls"):
+        model = get_harmonizer(name, reference_site=table.reference_site, log_features=True)
+        row[name] = error(model.fit(table.features, table.covariates).transform(table.features, table.covariates))
+    row["LS / ComBat"] = row["combat-ls"] / row["combat"]
+    return row
+
+
 def summary(rows: list, title: str) -> str:
     keys = [k for k in rows[0] if k != "seed"]
     lines = [f"{title} (seeds {', '.join(str(r['seed']) for r in rows)})", "",
@@ -93,12 +112,13 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--flow-seeds", type=int, nargs="*", default=list(range(10, 18)))
     parser.add_argument("--pool-seeds", type=int, nargs="*", default=list(range(4, 10)))
+    parser.add_argument("--spread-seeds", type=int, nargs="*", default=list(range(8)))
     parser.add_argument("--out", type=Path, help="write the rows as JSON here")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")  # held-out ages just outside the fit range, differing age ranges
     started = time.perf_counter()
-    results = {"flow": [], "pooling": []}
+    results = {"flow": [], "pooling": [], "age spread": [], "constant spread": []}
     for seed in args.flow_seeds:
         results["flow"].append(flow_versus_combat(seed))
         print(f"flow-SCM vs ComBat, seed {seed}: {results['flow'][-1]['flow / best ComBat']:.2f}x "
@@ -106,10 +126,17 @@ def main(argv=None) -> int:
     for seed in args.pool_seeds:
         results["pooling"].append(pooling_versus_naive(seed))
         print(f"pooling, seed {seed} ({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
+    for seed in args.spread_seeds:
+        results["age spread"].append(combat_family_on_age_spread(seed))
+        results["constant spread"].append(combat_family_on_age_spread(seed, spread_per_year=(0.0, 0.0)))
+        print(f"ComBat family, seed {seed} ({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
     if results["flow"]:
         print(summary(results["flow"], "Held-out error to the reference-site truth (%)"), "\n")
     if results["pooling"]:
         print(summary(results["pooling"], "Pooling: site adversary (chance 0.33) and diagnosis balanced accuracy"))
+    if results["age spread"]:
+        print("\n" + summary(results["age spread"], "Spread growing with age: RMS log error x 100 at siteB/siteC"))
+        print("\n" + summary(results["constant spread"], "Constant spread: RMS log error x 100 at siteB/siteC"))
     if args.out:
         args.out.write_text(json.dumps(results, indent=1, default=float))
     return 0

@@ -255,6 +255,56 @@ def make_feature_table(n_per_site=100, n_sites: int = 3, n_features: int = 8, se
 
 
 # ------------------------------------------------------------------------------ scoring
+def make_age_spread_table(n_per_site: int = 150, n_features: int = 6, seed: int = 0, *,
+                          spread_per_year=(0.015, 0.025)) -> FeatureTable:
+    """Log-volumes whose spread grows with age, at sites that scanned different ages.
+
+    Three sites (``siteA`` 20-80 years, the reference with no scanner effect; ``siteB`` 20-50;
+    ``siteC`` 50-85), each scanner shifting the log-volumes by its own location and scaling
+    their deviations by its own factor. The SD of each feature's log-volume is 0.05 at age 50
+    and changes by ``exp(spread * (age - 50))``: a site that scanned older people looks
+    noisier without any scanner effect. The test case of ComBat-LS.
+
+    Parameters
+    ----------
+    n_per_site, n_features, seed : int
+    spread_per_year : (float, float)
+        Range of the per-feature log-SD slopes (per year); ``(0, 0)`` gives a constant spread.
+
+    Returns
+    -------
+    FeatureTable
+        ``truth_reference`` is each scan without its scanner effect; ``parameters`` holds
+        ``spread_per_year`` (per feature), ``location`` and ``scale`` (per site).
+    """
+    rng = np.random.default_rng(seed)
+    age_ranges = {"siteA": (20, 80), "siteB": (20, 50), "siteC": (50, 85)}
+    base = rng.uniform(7, 9, n_features)
+    slope = rng.uniform(-0.006, -0.002, n_features)
+    spread = rng.uniform(*spread_per_year, n_features)
+    location = {"siteA": np.zeros(n_features), "siteB": rng.normal(0, 0.1, n_features),
+                "siteC": rng.normal(0, 0.1, n_features)}
+    scale = {"siteA": np.ones(n_features), "siteB": rng.uniform(0.7, 1.4, n_features),
+             "siteC": rng.uniform(0.7, 1.4, n_features)}
+    rows, observed, truth = [], [], []
+    for site, (low, high) in age_ranges.items():
+        age, sex = rng.uniform(low, high, n_per_site), rng.integers(0, 2, n_per_site)
+        noise = rng.standard_normal((n_per_site, n_features)) * 0.05 * np.exp(spread * (age[:, None] - 50))
+        mean = base + slope * (age[:, None] - 50) + 0.03 * sex[:, None]
+        truth.append(np.exp(mean + noise))
+        observed.append(np.exp(mean + location[site] + scale[site] * noise))
+        rows += [{"site": site, "age": a, "sex": "M" if s else "F"} for a, s in zip(age, sex)]
+    index = pd.Index([f"sub-{i:04d}" for i in range(len(rows))], name="participant_id")
+    columns = [f"roi{i}" for i in range(n_features)]
+    truth_frame = pd.DataFrame(np.vstack(truth), index, columns)
+    hidden = pd.DataFrame({"subject_id": index, "diagnosis": 0, "traveling": False}, index=index)
+    return FeatureTable(
+        features=pd.DataFrame(np.vstack(observed), index, columns), covariates=pd.DataFrame(rows, index=index),
+        hidden=hidden, truth_site_free=truth_frame, truth_reference=truth_frame.copy(), reference_site="siteA",
+        sites=list(age_ranges), parameters={"spread_per_year": spread, "location": location, "scale": scale},
+    )
+
+
 def error_to_reference(harmonized: pd.DataFrame, truth_reference: pd.DataFrame, rows=None) -> float:
     """Mean absolute percentage error of ``harmonized`` against the reference-site truth.
 

@@ -1,44 +1,24 @@
 """ComBat-LS: covariate effects on a feature's spread are kept, the site's are removed.
 
-The simulator below knows the truth: log-volumes whose spread grows with age (as many do), three
-sites with different age ranges (20-80, 20-50, 50-85) and scanner location/scale effects; the
-truth is the same scan without the scanner effect (the reference site, siteA, has none).
+The simulator (:func:`~bidsharmony.datasets.tabular.make_age_spread_table`) knows the truth:
+log-volumes whose spread grows with age, three sites with different age ranges (20-80, 20-50,
+50-85) and scanner location/scale effects; the truth is the same scan without the scanner
+effect (the reference site, siteA, has none).
 """
 
 import numpy as np
-import pandas as pd
 import pytest
 
+from bidsharmony.datasets.tabular import make_age_spread_table
 from bidsharmony.harmonize import HARMONIZERS, get_harmonizer, load_harmonizer
 from bidsharmony.harmonize.combat_ls import ComBatLS, fit_location_scale
 
 from harmonize_helpers import fit_quietly
 
-AGE_RANGES = {"siteA": (20, 80), "siteB": (20, 50), "siteC": (50, 85)}
-
-
-def _table(seed, n=150, n_features=6, spread_per_year=(0.015, 0.025)):
+def _table(seed, n=150, spread_per_year=(0.015, 0.025)):
     """Features, covariates, truth and the true log-SD slope per year of each feature."""
-    rng = np.random.default_rng(seed)
-    base = rng.uniform(7, 9, n_features)
-    slope = rng.uniform(-0.006, -0.002, n_features)
-    spread = rng.uniform(*spread_per_year, n_features)
-    location = {"siteA": np.zeros(n_features), "siteB": rng.normal(0, 0.1, n_features),
-                "siteC": rng.normal(0, 0.1, n_features)}
-    scale = {"siteA": np.ones(n_features), "siteB": rng.uniform(0.7, 1.4, n_features),
-             "siteC": rng.uniform(0.7, 1.4, n_features)}
-    rows, observed, truth = [], [], []
-    for site, (low, high) in AGE_RANGES.items():
-        age, sex = rng.uniform(low, high, n), rng.integers(0, 2, n)
-        noise = rng.standard_normal((n, n_features)) * 0.05 * np.exp(spread * (age[:, None] - 50))
-        mean = base + slope * (age[:, None] - 50) + 0.03 * sex[:, None]
-        truth.append(np.exp(mean + noise))
-        observed.append(np.exp(mean + location[site] + scale[site] * noise))
-        rows += [{"site": site, "age": a, "sex": "M" if s else "F"} for a, s in zip(age, sex)]
-    covariates = pd.DataFrame(rows, index=[f"sub-{i:04d}" for i in range(len(rows))])
-    columns = [f"roi{i}" for i in range(n_features)]
-    return (pd.DataFrame(np.vstack(observed), covariates.index, columns), covariates,
-            pd.DataFrame(np.vstack(truth), covariates.index, columns), spread)
+    table = make_age_spread_table(n, seed=seed, spread_per_year=spread_per_year)
+    return table.features, table.covariates, table.truth_reference, table.parameters["spread_per_year"]
 
 
 def _error(harmonized, truth, rows):
@@ -135,5 +115,5 @@ def test_pooled_target_without_a_reference():
     # differences fall well below the raw ones
     def site_spread(frame):
         residual = np.log(frame.to_numpy()) - np.log(truth.to_numpy())
-        return np.ptp([residual[(covariates.site == s).to_numpy()].mean(0) for s in AGE_RANGES], axis=0).mean()
+        return np.ptp([residual[(covariates.site == s).to_numpy()].mean(0) for s in sorted(set(covariates.site))], axis=0).mean()
     assert site_spread(out) < 0.25 * site_spread(features)
