@@ -78,10 +78,15 @@ def fit_location_scale(design: np.ndarray, values: np.ndarray, *, alternations: 
         if weights is not None:
             mean = _solve(design, values, weights)
         squared = (values - design @ mean) ** 2
-        theta = projector @ (np.log(np.maximum(squared, 1e-300)) - _LOG_CHI2_MEAN)
+        # a residual of exactly 0 would start log var at -690: floor it far below the typical one
+        floor = 1e-12 * np.maximum(squared.mean(0), np.finfo(float).tiny)
+        theta = projector @ (np.log(np.maximum(squared, floor)) - _LOG_CHI2_MEAN)
         for _ in range(max_iter):
             ratio = squared / np.exp(design @ theta)
             step = projector @ (ratio - 1.0)
+            # one outlying residual can ask for a huge step: move log var by at most 1 per scan
+            largest = np.abs(design @ step).max(0)
+            step = step * np.minimum(1.0, 1.0 / np.maximum(largest, 1e-300))
             theta = theta + step
             if np.max(np.abs(step)) < tol:
                 break

@@ -85,6 +85,12 @@ def test_maximum_likelihood_on_known_heteroscedastic_data():
     mean, log_variance = fit_location_scale(design, y[:, None])
     np.testing.assert_allclose(mean[:, 0], [2, 0.5], atol=0.03)
     np.testing.assert_allclose(log_variance[:, 0], [-1, 1.2], atol=0.03)
+    # a residual of exactly zero (log 0) and one of 10 SD leave the fit where it was (Gaussian ML,
+    # like ComBat's pooled variance, is not robust to gross outliers: one of 100 SD moves it)
+    y[0], y[1] = 2 + 0.5 * x[0], 2 + 0.5 * x[1] + 10 * np.exp(0.5 * (-1 + 1.2 * x[1]))
+    mean, log_variance = fit_location_scale(design, y[:, None])
+    np.testing.assert_allclose(mean[:, 0], [2, 0.5], atol=0.03)
+    np.testing.assert_allclose(log_variance[:, 0], [-1, 1.2], atol=0.05)
 
 
 def test_reference_rows_unchanged_outputs_positive_rows_independent(fitted):
