@@ -330,7 +330,7 @@ def verdict(rows: pd.DataFrame, labels) -> list[str]:
     lines = []
     means = rows.groupby("method")[["site_ba", "age_mae", "age_effect_r", "age_effect_ratio"]].mean()
     harmonized = [m for m in labels if m != "raw" and m in means.index]
-    for column, name, better in (("site_ba", "site BA", min), ("age_mae", "age MAE", min)):
+    for column, name in (("site_ba", "site BA"), ("age_mae", "age MAE")):
         order = sorted(harmonized, key=lambda m: means.loc[m, column])
         if len(order) >= 2:
             lines.append(f"- {name}: best {order[0]} ({means.loc[order[0], column]:.3f}), next {order[1]} "
