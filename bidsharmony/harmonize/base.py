@@ -293,6 +293,14 @@ class Harmonizer(SavedModel):
     def _set_state(self, state: dict, arrays: dict) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def _restore_arrays(self, arrays: dict, shapes: dict) -> None:
+        """Set ``self.<key>_`` from ``arrays[key]`` after checking each has ``shapes[key]``."""
+        for key, shape in shapes.items():
+            if arrays[key].shape != shape:
+                raise ValueError(f"{key} has shape {arrays[key].shape}, expected {shape}")
+        for key in shapes:
+            setattr(self, f"{key}_", arrays[key])
+
     # ------------------------------------------------------------------ fit/transform
     def _prepare(self, features, covariates, fitted: bool) -> validation.PreparedData:
         data = validation.prepare(

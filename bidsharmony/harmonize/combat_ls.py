@@ -229,16 +229,7 @@ class ComBatLS(ComBat):
             raise ValueError("site order in the state differs from the manifest's site list")
         n_sites, n_features = len(self.sites_), len(self.feature_names_)
         n_columns = len(self._linear_columns())
-        shapes = {"location": (n_features,), "log_variance": (n_features,), "scale": (n_features,),
-                  "mean_coefficients": (n_columns, n_features), "log_variance_coefficients": (n_columns, n_features),
-                  "gamma_star": (n_sites, n_features), "delta_star": (n_sites, n_features)}
-        for key, shape in shapes.items():
-            if arrays[key].shape != shape:
-                raise ValueError(f"{key} has shape {arrays[key].shape}, expected {shape}")
-        self.location_ = arrays["location"]
-        self.scale_ = arrays["scale"]
-        self.mean_coefficients_ = arrays["mean_coefficients"]
-        self.log_variance_ = arrays["log_variance"]
-        self.log_variance_coefficients_ = arrays["log_variance_coefficients"]
-        self.gamma_star_ = arrays["gamma_star"]
-        self.delta_star_ = arrays["delta_star"]
+        self._restore_arrays(arrays, {
+            "location": (n_features,), "log_variance": (n_features,), "scale": (n_features,),
+            "mean_coefficients": (n_columns, n_features), "log_variance_coefficients": (n_columns, n_features),
+            "gamma_star": (n_sites, n_features), "delta_star": (n_sites, n_features)})

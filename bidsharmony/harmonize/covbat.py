@@ -170,16 +170,8 @@ class CovBat(ComBat):
         super()._set_state(state, arrays)
         n_sites, n_features = len(self.sites_), len(self.feature_names_)
         k = int(state["n_components"])
-        expected = {"pca_mean": (n_features,), "pca_components": (n_features, k),
-                    "score_location": (n_sites, k), "score_scale": (n_sites, k),
-                    "target_location": (k,), "target_scale": (k,)}
-        for key, shape in expected.items():
-            if arrays[key].shape != shape:
-                raise ValueError(f"{key} has shape {arrays[key].shape}, expected {shape}")
-        self.pca_mean_ = arrays["pca_mean"]
-        self.pca_components_ = arrays["pca_components"]
-        self.score_location_ = arrays["score_location"]
-        self.score_scale_ = arrays["score_scale"]
-        self.target_location_ = arrays["target_location"]
-        self.target_scale_ = arrays["target_scale"]
+        self._restore_arrays(arrays, {
+            "pca_mean": (n_features,), "pca_components": (n_features, k),
+            "score_location": (n_sites, k), "score_scale": (n_sites, k),
+            "target_location": (k,), "target_scale": (k,)})
         self.explained_variance_ratio_ = np.asarray(state.get("explained_variance_ratio", []), dtype=float)
