@@ -239,6 +239,11 @@ def cross_site_from_folds(fold_data: list[FoldData], covariates: pd.DataFrame, *
                           n_threads: int | None = 1, mlp_params: dict | None = None) -> pd.DataFrame:
     """Per-fold cross-site scores from already-harmonized folds (see module docstring).
 
+    The predictor's seed depends on ``seed``, the fold, the task and the source site, not on
+    ``method``: two methods are scored by identically initialised and trained predictors, so
+    their difference is the harmonization's alone (methods giving the same tables get the
+    same scores).
+
     Returns
     -------
     pandas.DataFrame
@@ -276,8 +281,9 @@ def cross_site_from_folds(fold_data: list[FoldData], covariates: pd.DataFrame, *
                 y_tr = y_train_all[tr]
                 if tr.sum() < 2 or (kind == "classification" and len(set(y_tr)) < 2):
                     continue
-                model = make_predictor(predictor, kind, random_state=rng_seed(seed, method, fd.fold.index,
-                                                                              task, source),
+                # the method is not part of the seed: every method is judged by the same
+                # initialisations and batch orders (paired comparisons)
+                model = make_predictor(predictor, kind, random_state=rng_seed(seed, fd.fold.index, task, source),
                                        mlp_epochs=mlp_epochs, n_threads=n_threads, mlp_params=mlp_params)
                 model.fit(x_train_all[tr], y_tr)
                 for target in all_sites:

@@ -167,7 +167,7 @@ def site_predictability_from_folds(fold_data: list[FoldData], covariates: pd.Dat
     seen = np.zeros(len(sites), dtype=bool)
     rows = []
     for fd in fold_data:
-        model = make_site_classifier(classifier, random_state=rng_seed(seed, "site", method, fd.fold.index),
+        model = make_site_classifier(classifier, random_state=rng_seed(seed, "site", fd.fold.index),
                                      mlp_epochs=mlp_epochs, n_threads=n_threads, mlp_params=mlp_params)
         x_train, x_test = residualize_covariates(
             fd.train.to_numpy(), covariates.iloc[fd.fold.train], fd.test.to_numpy(), covariates.iloc[fd.fold.test],

@@ -63,3 +63,18 @@ def test_cross_site_default_mlp_runs_with_masking():
                                   mask_target_in_transform=True)
     assert set(table["source_site"]) == {"A"} and set(table["task"]) == {"age"}
     assert (table["metric"] == "mae").all()
+
+
+def test_cross_site_mlp_seeds_are_paired_across_methods():
+    """Identical harmonized tables under two method labels get identical MLP scores; the
+    seed still varies across folds (so this is not a constant-seed pass)."""
+    from bidsharmony.evaluation import cross_site_from_folds, harmonize_in_folds, make_folds
+
+    features, covariates, _ = make_table(n_subjects=45, diagnosis=False)
+    folds = make_folds(covariates, 3, seed=0)
+    fold_data = harmonize_in_folds(features, covariates, MeanShift, folds)
+    a = cross_site_from_folds(fold_data, covariates, method="first", sources=["A"], mlp_epochs=5)
+    b = cross_site_from_folds(fold_data, covariates, method="second", sources=["A"], mlp_epochs=5)
+    assert len(a) and np.array_equal(a["value"].to_numpy(), b["value"].to_numpy())
+    other = cross_site_from_folds(fold_data, covariates, method="first", sources=["A"], mlp_epochs=5, seed=1)
+    assert not np.array_equal(a["value"].to_numpy(), other["value"].to_numpy())
