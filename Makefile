@@ -7,7 +7,7 @@ NPROCS ?= 2
 export NIPYPE_NO_ET := 1
 export TEMPLATEFLOW_HOME ?= $(abspath $(DEMO_DIR))/templateflow
 
-.PHONY: install demo test clean-demo
+.PHONY: install demo test image check-image clean-demo
 
 install: $(VENV)/.installed
 
@@ -33,6 +33,15 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -n 2 tests
+
+# The BIDS-App image from the Dockerfile, with podman/buildah (installed if missing, as root
+# on Debian); tagged localhost/bidsharmony:latest. See scripts/container/.
+image:
+	scripts/container/build_image.sh localhost/bidsharmony:latest
+
+# Both levels inside the image (read-only root, another uid) against the same run outside.
+check-image: install
+	scripts/container/check_image.sh localhost/bidsharmony:latest
 
 clean-demo:
 	rm -rf $(DEMO_DIR)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import errno
 import importlib.util
 import json
 import os
@@ -661,9 +662,26 @@ def populate_offline_cache(home: str | os.PathLike, resolutions=DEFAULT_RESOLUTI
 def ensure_offline_cache(home: str | os.PathLike | None = None, resolutions=DEFAULT_RESOLUTIONS) -> Path:
     """Populate ``home`` (default: :func:`templateflow_home`) if any needed file is missing."""
     home = Path(home).absolute() if home is not None else templateflow_home()
-    if any(not _complete(p) for p in expected_files(home, _check_resolutions(resolutions))):
-        populate_offline_cache(home, resolutions)
+    resolutions = _check_resolutions(resolutions)
+    missing = [p for p in expected_files(home, resolutions) if not _complete(p)]
+    if missing:
+        try:
+            populate_offline_cache(home, resolutions)
+        except OSError as err:
+            if err.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise
+            raise _read_only_cache(home, resolutions, missing[0]) from None
     return home
+
+
+def _read_only_cache(home: Path, resolutions, missing: Path) -> MissingInputError:
+    """A template cache that lacks files and cannot be written (a container image, say)."""
+    res = " ".join(str(r) for r in resolutions)
+    return MissingInputError(
+        f"TemplateFlow cache {home} lacks {missing.name} and is read-only (a container image "
+        f"is): build it where it is writable (`bidsharmony-templateflow {home} --resolutions "
+        f"{res}`, at image build time), or pass --templateflow-home a writable folder"
+    )
 
 
 # --------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -120,6 +121,33 @@ def test_second_population_is_a_noop(home, capsys):
     assert T.main([str(home), "--resolutions", "2"]) == 0
     out = capsys.readouterr().out
     assert "nothing written" in out and f"export TEMPLATEFLOW_HOME={home}" in out
+
+
+def test_read_only_cache_lacking_a_resolution_names_the_fix(tmp_path, monkeypatch):
+    """A container's baked cache missing a resolution: one clear error, not a PermissionError.
+
+    The write is made to fail as a read-only file system does (EROFS), so the test also
+    holds as root, whom a chmod would not stop.
+    """
+    home = T.populate_offline_cache(tmp_path / "tf", resolutions=(4,))
+
+    def read_only(path, *args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(path))
+
+    monkeypatch.setattr(T, "_save_nifti", read_only)
+    T.ensure_offline_cache(home, resolutions=(4,))  # complete: nothing to write, no error
+    with pytest.raises(MissingInputError) as exc:
+        T.ensure_offline_cache(home, resolutions=(3,))
+    message = str(exc.value)
+    assert "read-only" in message and f"bidsharmony-templateflow {home} --resolutions 3" in message
+    assert "res-03" in message and "--templateflow-home" in message and "\n" not in message
+
+    def disk_full(path, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(T, "_save_nifti", disk_full)
+    with pytest.raises(OSError, match="No space left"):  # other failures are not disguised
+        T.ensure_offline_cache(home, resolutions=(2,))
 
 
 def test_cli_rejects_bad_resolution(tmp_path, capsys):

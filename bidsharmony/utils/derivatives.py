@@ -122,7 +122,8 @@ def container_info() -> dict | None:
     if os.getenv("APPTAINER_CONTAINER") or os.getenv("SINGULARITY_CONTAINER"):
         return {"Type": "apptainer", "Tag": os.getenv("APPTAINER_NAME") or os.getenv("SINGULARITY_NAME")}
     if Path("/.dockerenv").exists() or os.getenv("BIDSHARMONY_CONTAINER") == "docker":
-        return {"Type": "docker", "Tag": f"bidsharmony/bidsharmony:{__version__}"}
+        # the image sets BIDSHARMONY_IMAGE to the name it was built under
+        return {"Type": "docker", "Tag": os.getenv("BIDSHARMONY_IMAGE") or f"bidsharmony/bidsharmony:{__version__}"}
     return None
 
 

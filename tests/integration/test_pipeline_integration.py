@@ -10,10 +10,15 @@ the two template transforms), are then
   ROI table, as an fMRIPrep-like pipeline would import it.
 
 Both must give the ROI volumes of the full run. About a minute on 2 cores.
+
+The first run reads its templates from a cache made read-only (``chmod -R a-w``), as in a
+container image, and must write nothing into it nor into the installed package.
 """
 
 import json
+import os
 import shutil
+import stat
 from pathlib import Path
 
 import pandas as pd
@@ -21,9 +26,10 @@ import pytest
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
+import bidsharmony
 from bidsharmony.cli.run import main
 from bidsharmony.datasets.synthetic import make_dataset
-from bidsharmony.templates import template_inputs
+from bidsharmony.templates import populate_offline_cache, template_inputs, use_templateflow_home
 from bidsharmony.workflows.anatomical import PRECOMPUTED_FIELDS, TEMPLATE_FIELDS, init_anat_preproc_wf
 from integration_helpers import PARTICIPANT_OPTIONS, build_once, missing_outputs
 
@@ -45,11 +51,37 @@ def _run(argv):
     return exc.value.code
 
 
+def _snapshot(folder: Path) -> dict[str, list]:
+    """Every file under ``folder`` but bytecode caches: size, modification time and mode."""
+    return {
+        p.relative_to(folder).as_posix(): [p.stat().st_size, p.stat().st_mtime_ns, p.stat().st_mode]
+        for p in sorted(folder.rglob("*"))
+        if "__pycache__" not in p.parts
+    }
+
+
+def _read_only_templates(root: Path) -> Path:
+    templates = populate_offline_cache(root / "templateflow", resolutions=(4,))
+    for path in [*templates.rglob("*"), templates]:
+        path.chmod(path.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+    return templates
+
+
 def _build(root):
     dataset = make_dataset(root / "data", n_subjects=1, n_sites=1, resolution=4.0, seed=5, n_traveling=0)
     out = root / "out"
-    argv = [dataset.bids_dir, out, "participant", "-w", root / "work", *PARTICIPANT_OPTIONS]
-    assert _run(argv) == 0
+    templates = _read_only_templates(root)
+    package = Path(bidsharmony.__file__).parent
+    before = {"templates": _snapshot(templates), "package": _snapshot(package)}
+    argv = [dataset.bids_dir, out, "participant", "-w", root / "work", "--templateflow-home", templates,
+            *PARTICIPANT_OPTIONS]
+    previous_home = os.environ["TEMPLATEFLOW_HOME"]
+    try:
+        assert _run(argv) == 0
+    finally:  # the run switched this process' TemplateFlow home; later tests need theirs
+        use_templateflow_home(previous_home)
+    after = {"templates": _snapshot(templates), "package": _snapshot(package)}
+    (root / "snapshots.json").write_text(json.dumps({"before": before, "after": after}))
     # An fMRIPrep-style derivatives dataset made of the run's own outputs.
     fmriprep = root / "fmriprep"
     (fmriprep / f"sub-{LABEL}" / "anat").mkdir(parents=True)
@@ -66,6 +98,17 @@ def _build(root):
 def first_run(tmp_path_factory):
     root = build_once(tmp_path_factory, "pipeline_integration", _build)
     return root / "data" / "bids", root, root / "out", root / "fmriprep"
+
+
+def test_nothing_is_written_into_the_template_cache_or_the_package(first_run):
+    """The chmod stops a non-root user only; the snapshots catch a write by root too."""
+    snapshots = json.loads((first_run[1] / "snapshots.json").read_text())
+    for place in ("templates", "package"):
+        before, after = snapshots["before"][place], snapshots["after"][place]
+        added, removed = sorted(set(after) - set(before)), sorted(set(before) - set(after))
+        changed = sorted(k for k in set(before) & set(after) if before[k] != after[k])
+        assert not (added or removed or changed), f"{place}: added {added}, removed {removed}, changed {changed}"
+    assert snapshots["before"]["templates"], "the template cache was empty"
 
 
 def test_derivatives_are_reused_instead_of_recomputed(first_run):
