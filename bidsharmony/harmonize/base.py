@@ -358,6 +358,7 @@ class Harmonizer(SavedModel):
         self.site_counts_ = site_counts
         self.covariate_summary_ = validation.covariate_summary(data)
         validation.warn_on_poor_overlap(data, reference)
+        validation.warn_on_outlying_features(data)
         started = time.perf_counter()
         self._fit(data)
         self.fit_seconds_ = time.perf_counter() - started

@@ -68,3 +68,8 @@ class CovariateOverlapWarning(UserWarning):
 
 class CovariateRangeWarning(UserWarning):
     """Covariates given to ``transform`` lie outside the range seen in ``fit``."""
+
+
+class FeatureOutlierWarning(UserWarning):
+    """A scan's feature lies far outside its site's distribution (a likely segmentation or
+    brain-mask failure); it is harmonized, and fitted, like any other scan."""

@@ -113,7 +113,9 @@ def test_each_flow_trains_and_inverts(small_table, flow, architecture):
 
 
 def test_same_seed_same_model_other_seed_other_model(small_table):
-    settings = {**FAST_FLOW, "epochs": 4}
+    """Without a validation split (the last epoch is kept): with one, 4 epochs may not beat the
+    closed-form initialisation, which does not depend on the seed, and both seeds keep it."""
+    settings = {**FAST_FLOW, "epochs": 4, "validation_fraction": 0.0}
     first = fit_quietly(FlowSCMHarmonizer(random_seed=3, **settings), small_table.features, small_table.covariates)
     second = fit_quietly(FlowSCMHarmonizer(random_seed=3, **settings), small_table.features, small_table.covariates)
     third = fit_quietly(FlowSCMHarmonizer(random_seed=4, **settings), small_table.features, small_table.covariates)

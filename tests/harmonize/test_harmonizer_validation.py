@@ -273,3 +273,18 @@ def test_non_numeric_feature_names_a_row_and_its_value(small_table):
         ComBat(min_subjects_per_site=5).fit(features, small_table.covariates)
     message = str(error.value)
     assert f"'roi-002' at row {features.index[5]!r}: '12,5'" in message and "drop the column" in message
+
+
+def test_a_failed_brain_mask_is_reported_but_fitted(small_table):
+    """One scan with a feature 2.5x its site's usual size (a brain mask holding the skull)
+    gets a FeatureOutlierWarning naming it; the clean table gets none."""
+    from bidsharmony.harmonize.errors import FeatureOutlierWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FeatureOutlierWarning)
+        ComBat(reference_site="siteA", min_subjects_per_site=5).fit(small_table.features, small_table.covariates)
+    features = small_table.features.copy()
+    label, column = features.index[7], features.columns[0]
+    features.loc[label, column] *= 2.5
+    with pytest.warns(FeatureOutlierWarning, match=f"{label} {column}"):
+        ComBat(reference_site="siteA", min_subjects_per_site=5).fit(features, small_table.covariates)

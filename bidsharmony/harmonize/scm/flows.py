@@ -179,14 +179,23 @@ class ConditionalElementwiseTransform(Transform):
                     self.shape_head.bias.copy_(identity.reshape(-1))
 
     # ---------------------------------------------------------------- parameters
-    @torch.no_grad()
-    def set_affine(self, intercept: torch.Tensor, slopes: torch.Tensor | None, scale: torch.Tensor) -> None:
-        """Set the location to ``intercept + slopes @ context[:, :k]`` and the scale to ``scale``.
+    @staticmethod
+    def raw_scale(scale: torch.Tensor) -> torch.Tensor:
+        """The head's output that gives the positive scale ``scale`` (inverse of the softplus)."""
+        return torch.log(torch.expm1((scale - _SCALE_FLOOR).clamp(min=1e-4)))
 
-        ``slopes`` has shape ``(features, k)`` and acts on the first ``k`` context columns
-        (the parents' raw encodings); the rest of the head stays zero.
+    @torch.no_grad()
+    def set_affine(self, intercept: torch.Tensor, slopes: torch.Tensor | None, scale: torch.Tensor,
+                   scale_slopes: torch.Tensor | None = None) -> None:
+        """Set the location to ``intercept + slopes @ context[:, :k]`` and the scale to
+        ``softplus(raw_scale(scale) + scale_slopes @ context[:, :k]) + floor``.
+
+        ``slopes`` and ``scale_slopes`` have shape ``(features, k)`` and act on the first ``k``
+        context columns (the parents' raw encodings); the rest of the head stays zero. With a
+        one-hot parent (the site), column ``j`` of ``scale_slopes`` set to
+        ``raw_scale(scale_j) - raw_scale(scale)`` gives level ``j`` the scale ``scale_j``.
         """
-        raw_scale = torch.log(torch.expm1((scale - _SCALE_FLOOR).clamp(min=1e-4)))
+        raw_scale = self.raw_scale(scale)
         if self.affine_head is None:
             self.free_affine[:, 0] = intercept
             self.free_affine[:, 1] = raw_scale
@@ -195,6 +204,8 @@ class ConditionalElementwiseTransform(Transform):
         self.affine_head.bias[1::2] = raw_scale
         if slopes is not None:
             self.affine_head.weight[0::2, :slopes.shape[1]] = slopes
+        if scale_slopes is not None:
+            self.affine_head.weight[1::2, :scale_slopes.shape[1]] = scale_slopes
 
     def _location_scale(self, inputs, context):
         if self.affine_head is None:

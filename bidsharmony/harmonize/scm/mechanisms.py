@@ -187,11 +187,16 @@ class FlowMechanism(Mechanism):
         self.dim = int(spec.dim)
         self.log_transform = bool(spec.log_transform)
         network_columns, discrete_columns, start = [], [], 0
+        #: one-hot columns of each categorical parent (the site): their levels get their own
+        #: initial scale (see initialise)
+        self.level_columns = []
         for parent, width in self.parent_widths.items():
             if parent not in spec.additive_parents:
                 network_columns.extend(range(start, start + width))
             if parent in discrete_parents:
                 discrete_columns.extend(range(start, start + width))
+                if width > 1:
+                    self.level_columns.append(list(range(start, start + width)))
             start += width
         self.register_buffer("network_columns", torch.tensor(network_columns, dtype=torch.long))
         embedded = self.parent_features or None
@@ -212,12 +217,16 @@ class FlowMechanism(Mechanism):
         return self.dim
 
     def initialise(self, value, context=None):
-        """Fix the normalisation and start the flow at a linear-Gaussian fit.
+        """Fix the normalisation and start the flow at ComBat's location-scale model.
 
         The first conditional element-wise layer's location is set to the least-squares
-        regression of the normalised values on the parents' encodings, and its scale to the
-        residual SD — a ComBat-like linear model that training then bends. Without this the
-        paper's small learning rate needs many more steps on small studies.
+        regression of the normalised values on the parents' encodings (an additive effect of
+        each site, sex and log-age), and its scale to the residual SD of each level of every
+        categorical parent (each site's own spread, the multiplicative effect of ComBat;
+        Johnson et al. 2007, without the empirical-Bayes shrinkage). Training starts from that
+        closed-form fit and bends it (non-linear age, spline shapes); with the paper's small
+        learning rate it would otherwise not reach even the per-site scales in 100 epochs
+        (FCON1000: BENCHMARKS.md, "Why flow-SCM loses here").
         """
         logged = torch.log(value) if self.log_transform else value
         self.shift.copy_(logged.mean(dim=0))
@@ -231,8 +240,20 @@ class FlowMechanism(Mechanism):
         else:
             design = torch.cat([torch.ones_like(context[:, :1]), context], dim=1)
         coefficients = torch.linalg.lstsq(design, normalised, driver="gelsd").solution
-        residual_sd = (normalised - design @ coefficients).std(dim=0).clamp(min=0.05)
-        first.set_affine(coefficients[0], coefficients[1:].T if design.shape[1] > 1 else None, residual_sd)
+        residuals = normalised - design @ coefficients
+        residual_sd = residuals.std(dim=0).clamp(min=0.05)
+        scale_slopes = None
+        if design.shape[1] > 1 and self.level_columns:
+            scale_slopes = torch.zeros(self.dim, context.shape[1], dtype=normalised.dtype)
+            pooled = first.raw_scale(residual_sd)
+            for columns in self.level_columns:
+                for column in columns:
+                    rows = context[:, column] > 0.5
+                    if int(rows.sum()) >= 3:  # a level seen too rarely keeps the pooled scale
+                        level_sd = residuals[rows].std(dim=0).clamp(min=0.05)
+                        scale_slopes[:, column] = first.raw_scale(level_sd) - pooled
+        first.set_affine(coefficients[0], coefficients[1:].T if design.shape[1] > 1 else None, residual_sd,
+                         scale_slopes)
 
     def normalise(self, value):
         """Fixed normalisation to roughly unit scale, and its log-Jacobian per row."""
