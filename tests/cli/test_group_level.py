@@ -62,7 +62,8 @@ def test_combat_and_flow_scm_move_features_toward_the_reference_truth(tables, fi
         assert meta["ReferenceSite"] == data.reference_site and meta["RandomSeed"] == 1
         if desc == "flowscm":  # the fit's log-likelihoods, per node, in nats per scan
             fit = meta["TrainingLogLikelihood"]
-            assert fit["Units"] == "nats per scan" and 1 <= fit["BestEpoch"] <= 60
+            # epoch 0: no epoch beat the closed-form initialisation (ComBat's location-scale fit)
+            assert fit["Units"] == "nats per scan" and 0 <= fit["BestEpoch"] <= 60
             assert set(fit["ValidationPerNode"]) == {"sex", "site", "age", "x"}
             assert fit["ValidationPerNode"]["x"] == pytest.approx(fit["FeaturesValidation"])
     assert (out / "group" / "models" / "flow-scm" / "manifest.json").is_file()
