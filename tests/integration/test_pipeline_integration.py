@@ -52,11 +52,14 @@ def _run(argv):
 
 
 def _snapshot(folder: Path) -> dict[str, list]:
-    """Every file under ``folder`` but bytecode caches: size, modification time and mode."""
+    """Every file under ``folder`` but bytecode caches: size, modification time and mode.
+
+    Files only: a folder's time changes when Python adds a ``__pycache__`` to it.
+    """
     return {
         p.relative_to(folder).as_posix(): [p.stat().st_size, p.stat().st_mtime_ns, p.stat().st_mode]
         for p in sorted(folder.rglob("*"))
-        if "__pycache__" not in p.parts
+        if p.is_file() and "__pycache__" not in p.parts
     }
 
 
