@@ -24,9 +24,10 @@ scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
 start=$SECONDS
 
-as_user=(podman run --rm --read-only --user 12345:12345 --env HOME=/nonexistent)
+as_hpc_user=(--read-only --user 12345:12345 --env HOME=/nonexistent)
+input_checksums() { (cd "$bids" && find . -type f -print0 | sort -z | xargs -0 sha256sum); }
 
-inside=$("${as_user[@]}" "$image" --version)
+inside=$(podman run --rm "${as_hpc_user[@]}" "$image" --version)
 outside=$("$bin/bidsharmony" --version)
 [[ $inside == "$outside" ]] || { echo "image reports '$inside', the checkout '$outside'" >&2; exit 1; }
 echo "== $inside in $image (read-only, uid 12345)"
@@ -36,12 +37,11 @@ export TEMPLATEFLOW_HOME=$scratch/templateflow
 "$bin/bidsharmony-demo-data" "$scratch/data" --subjects 4 --sites 2 --resolution 4 --seed 0 \
     --traveling 0 >/dev/null
 bids=$scratch/data/bids
-(cd "$bids" && find . -type f -print0 | sort -z | xargs -0 sha256sum) >"$scratch/input.sha256"
+input_checksums >"$scratch/input.sha256"
 out=$scratch/inside  # mounted at the same path inside, so bosh finds the outputs it lists
 mkdir -p "$scratch/outside" "$out"
 chown 12345:12345 "$out" 2>/dev/null || chmod 777 "$out"
-user_opts=(--read-only --user 12345:12345 --env HOME=/nonexistent
-           --volume "$bids:/data/bids:ro" --volume "$out:$out")
+user_opts=("${as_hpc_user[@]}" --volume "$bids:/data/bids:ro" --volume "$out:$out")
 participant=(participant --nprocs 1 --random-seed "$seed" --output-spaces MNI152NLin2009aSym:res-4
              --reg-quality fast)
 
@@ -96,6 +96,6 @@ fi
 echo "== outputs inside vs outside"
 "$bin/python" "$here/compare_outputs.py" "$scratch/outside" "$out" \
     --same-path "$bids=/data/bids" --same-path "$scratch/outside=$out"
-(cd "$bids" && find . -type f -print0 | sort -z | xargs -0 sha256sum) | cmp -s - "$scratch/input.sha256" \
+input_checksums | cmp -s - "$scratch/input.sha256" \
     || { echo "the input dataset changed" >&2; exit 1; }
 echo "input dataset byte-identical; container check done in $((SECONDS - start)) s"
