@@ -686,8 +686,7 @@ def warn_on_outlying_features(data: PreparedData, threshold: float = OUTLIER_Z, 
     if values.shape[0] < 3:
         return []
     positive = np.all(values > 0, axis=0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        scaled = np.where(positive, np.log(np.where(positive, values, 1.0)), values)
+    scaled = np.where(positive, np.log(np.where(positive, values, 1.0)), values)
     deviation = np.empty_like(scaled)
     for site in set(data.site):
         rows = data.site == site
