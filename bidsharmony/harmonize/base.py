@@ -39,6 +39,7 @@ half-written model under the final name.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib
 import inspect
@@ -117,6 +118,14 @@ def _jsonable(value):
     return value
 
 
+def _same_value(a, b) -> bool:
+    """``a == b`` for parameter values, never raising (e.g. on arrays) — unequal when unsure."""
+    try:
+        return bool(a == b)
+    except (TypeError, ValueError):
+        return False
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -172,9 +181,78 @@ class SavedModel:
 
     _fit_call: ClassVar[str] = "fit(...)"
 
-    def get_params(self) -> dict:
-        """Constructor arguments as a JSON-serialisable dict (stored in the manifest)."""
-        return {name: _jsonable(getattr(self, name)) for name in constructor_parameters(type(self))}
+    def get_params(self, deep: bool = True) -> dict:
+        """The constructor arguments, as the constructor stored them (scikit-learn's contract).
+
+        Parameters
+        ----------
+        deep : bool
+            Accepted for scikit-learn; no harmonizer holds another estimator, so it changes
+            nothing.
+
+        Returns
+        -------
+        dict
+            One entry per keyword of the constructor's signature (and its bases'); plain JSON
+            types, as the constructors validate and normalise what they are given (the
+            manifest stores them under ``hyperparameters``).
+        """
+        return {name: getattr(self, name) for name in constructor_parameters(type(self))}
+
+    def set_params(self, **params) -> "SavedModel":
+        """Set constructor arguments by name (scikit-learn's ``set_params``) and return ``self``.
+
+        The values are checked by the constructor itself, so ``set_params`` refuses what
+        ``__init__`` would refuse, with the same message.
+
+        Raises
+        ------
+        HarmonizerParameterError
+            An unknown parameter name (the message lists the valid ones) or an invalid value.
+
+        Notes
+        -----
+        Changing a parameter of a fitted model leaves it unfitted: the fitted state was learnt
+        with the old value (e.g. ``log_features``), and applying it under the new one would
+        return wrong values silently. Call ``fit`` again.
+        """
+        accepted = constructor_parameters(type(self))
+        unknown = sorted(set(params) - set(accepted))
+        if unknown:
+            raise HarmonizerParameterError(
+                f"{type(self).__name__} has no parameter {', '.join(map(repr, unknown))}; "
+                f"valid parameters: {', '.join(sorted(accepted))}"
+            )
+        if not params:
+            return self
+        # validated and normalised exactly as a new harmonizer with these values would be
+        twin = type(self)(**{**self.get_params(deep=False), **params})
+        for name in params:
+            value = getattr(twin, name)
+            if self._fitted and not _same_value(getattr(self, name), value):
+                self._fitted = False
+            setattr(self, name, value)
+        return self
+
+    def __sklearn_clone__(self) -> "SavedModel":
+        """An unfitted harmonizer with equal parameters (what :func:`sklearn.base.clone` returns).
+
+        scikit-learn's default clone checks that the constructor stored every argument as the
+        very object it was given; ours validate and normalise them (``(10, 90)`` becomes
+        ``[10.0, 90.0]``), idempotently, so the twin is built through the constructor instead.
+        """
+        return type(self)(**copy.deepcopy(self.get_params(deep=False)))
+
+    def __sklearn_tags__(self):
+        """scikit-learn's estimator tags: a transformer whose ``y`` (the covariates) is required.
+
+        Defined here rather than inherited from ``sklearn.base.BaseEstimator`` so that importing
+        a harmonizer does not import scikit-learn; only scikit-learn calls this.
+        """
+        from sklearn.utils import Tags, TargetTags, TransformerTags
+
+        return Tags(estimator_type=None, target_tags=TargetTags(required=True),
+                    transformer_tags=TransformerTags(), requires_fit=True)
 
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in sorted(self.get_params().items()))
