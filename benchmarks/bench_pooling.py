@@ -18,7 +18,7 @@ Methods (same networks, :class:`bidsharmony.harmonize.pooling.EquivariantPooling
 * **age only** (reference) — the representation is the age itself: the Adv an adversary reaches
   from age alone, i.e. what any age-preserving representation leaks here.
 
-Measures (:mod:`bidsharmony.harmonize.pooling.metrics`): **ΔEq** (Eq. 8, on τ for ours, on the
+Measures (:mod:`bidsharmony.evaluation.representation`): **ΔEq** (Eq. 8, on τ for ours, on the
 representation for the baselines; Eq. 10-normalised), **ΔEq(Φ)** (Eq. 8 on the representation
 for every method), **Adv** (held-out balanced accuracy of a
 3-layer MLP site adversary trained on the training rows' representations; chance 1/3),
@@ -46,7 +46,7 @@ import pandas as pd
 
 from bidsharmony.datasets.tabular import make_feature_table
 from bidsharmony.harmonize.pooling import EquivariantPooling
-from bidsharmony.harmonize.pooling.metrics import evaluate_representation, site_adversary
+from bidsharmony.evaluation.representation import evaluate_representation, site_adversary
 
 #: (key for --methods, label, parameters)
 METHODS = [

@@ -9,6 +9,7 @@ Metrics (each a plain function, usable alone)
 :func:`traveling_subject_icc`    ICC(2,1) (and ICC(3,1)) of each feature across sites; :func:`icc`
 :func:`site_mmd`                 unbiased MMD² between sites (RBF, median heuristic); :func:`mmd2_unbiased`
 :func:`design_warnings`          small sites, non-overlapping age ranges, confounded sex/diagnosis
+:func:`evaluate_representation`  ΔEq, Adv, M, ACC of a learnt representation (Lokhande et al. 2022)
 
 Protocol
 --------
@@ -35,14 +36,15 @@ from .prediction import (
     summarize_cross_site,
 )
 from .protocols import FoldData, cross_fit, harmonize_in_folds, mask_covariate
+from .representation import equivariance_gap, evaluate_representation, site_adversary
 from .site import chance_levels, site_predictability, site_predictability_from_folds
 
 __all__ = [
     "ALL_METRICS", "SUMMARY_COLUMNS", "EvaluationError", "EvaluationResults", "EvaluationUsageError", "Fold",
     "FoldData", "IdentityHarmonizer", "MLPClassifier", "MLPRegressor", "age_overlap", "build_mlp",
     "chance_levels", "cross_fit", "cross_site_from_folds", "cross_site_prediction", "design_warnings",
-    "effect_size_agreement", "effect_sizes", "evaluate_harmonizers", "harmonize_in_folds", "icc",
+    "effect_size_agreement", "effect_sizes", "equivariance_gap", "evaluate_harmonizers", "evaluate_representation", "harmonize_in_folds", "icc",
     "make_folds", "make_predictor", "mask_covariate", "median_heuristic", "mmd2_unbiased", "site_mmd",
-    "site_predictability", "site_predictability_from_folds", "summarize", "summarize_cross_site",
+    "site_adversary", "site_predictability", "site_predictability_from_folds", "summarize", "summarize_cross_site",
     "traveling_subject_icc", "truth_error",
 ]

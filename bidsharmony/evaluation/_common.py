@@ -16,11 +16,12 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InputDataError, UsageError
+from ..harmonize import get_harmonizer
+# labels and sex codes are read as the harmonizers read them: one implementation, below both
+from ..harmonize.validation import AGE, SEX, SITE, sex_numeric, site_labels
 
-SITE, AGE, SEX = "site", "age", "sex"
 #: covariate columns tried, in order, as the participant identifier when ``groups="auto"``
 GROUP_COLUMNS = ("participant_id", "subject_id", "subject", "participant")
-_SEX_LABELS = {"m": 1.0, "male": 1.0, "man": 1.0, "f": 0.0, "female": 0.0, "woman": 0.0}
 
 
 class EvaluationError(InputDataError):
@@ -76,11 +77,6 @@ def check_tables(features: pd.DataFrame, covariates: pd.DataFrame, *,
     return values
 
 
-def site_labels(covariates: pd.DataFrame) -> np.ndarray:
-    """Site labels as stripped strings."""
-    return covariates[SITE].astype(str).str.strip().to_numpy(dtype=object)
-
-
 def group_labels(covariates: pd.DataFrame, groups="auto") -> np.ndarray:
     """Participant identifier of each row, so that folds never split a participant.
 
@@ -115,21 +111,6 @@ def group_labels(covariates: pd.DataFrame, groups="auto") -> np.ndarray:
     if labels.shape != (len(covariates),):
         raise EvaluationError(f"groups has {labels.size} labels for {len(covariates)} rows")
     return labels
-
-
-def sex_numeric(values: pd.Series) -> np.ndarray:
-    """Sex as 0.0 (female) / 1.0 (male); NaN where the code is not understood.
-
-    Strings M/F, male/female, man/woman; numbers 0/1 (0 = female) or 1/2 (1 = male, 2 =
-    female), the same conventions as :mod:`bidsharmony.harmonize.validation`.
-    """
-    text = values.astype(str).str.strip().str.lower()
-    labels = text.map(_SEX_LABELS)
-    numbers = pd.to_numeric(values, errors="coerce")
-    if numbers.notna().any():
-        coding = {1.0: 1.0, 2.0: 0.0} if (numbers == 2).any() else {0.0: 0.0, 1.0: 1.0}
-        labels = labels.fillna(numbers.map(coding))
-    return labels.to_numpy(dtype=np.float64)
 
 
 def site_table(covariates: pd.DataFrame, groups="auto", diagnosis_column: str | None = "diagnosis") -> pd.DataFrame:
@@ -258,14 +239,6 @@ def _looks_like_harmonizer(obj) -> bool:
 
 
 def _registry_factory(name: str) -> Callable:
-    try:
-        from ..harmonize import get_harmonizer  # type: ignore[attr-defined]
-    except ImportError:
-        raise EvaluationUsageError(
-            f"harmonizer {name!r} was given by name, but bidsharmony.harmonize.get_harmonizer is "
-            "not available in this installation; pass a factory (zero-argument callable) instead"
-        ) from None
-
     def factory():
         made = get_harmonizer(name)
         if isinstance(made, type):

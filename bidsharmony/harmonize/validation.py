@@ -133,6 +133,27 @@ def stripped_labels(values: pd.Series) -> pd.Series:
     return pd.Series(labels[codes], index=values.index, dtype=object)
 
 
+def site_labels(covariates: pd.DataFrame) -> np.ndarray:
+    """The ``site`` column as stripped text, one object per row (how every module reads sites)."""
+    return stripped_labels(covariates[SITE]).to_numpy(dtype=object)
+
+
+def sex_numeric(values: pd.Series) -> np.ndarray:
+    """Sex as 0.0 (female) / 1.0 (male), NaN where a code is not understood.
+
+    The lenient reading for summaries and metrics, which report what they can read; a
+    harmonizer refuses unknown codes instead (:func:`normalize_sex`). The codes are the same:
+    the strings of the module docstring, numbers 1/2 (1 = male) when a 2 occurs, else 0/1
+    (0 = female) — numbers are read even beside string labels.
+    """
+    labels = stripped_labels(values).str.lower().map(_STRING_SEX_CODES)
+    numbers = pd.to_numeric(values, errors="coerce")
+    if numbers.notna().any():
+        coding = NUMERIC_SEX_CODINGS["1/2" if (numbers == 2).any() else "0/1"]
+        labels = labels.fillna(numbers.map(coding))
+    return labels.to_numpy(dtype=np.float64)
+
+
 def normalize_sex(values: pd.Series, coding="auto") -> np.ndarray:
     """Convert a ``sex`` column to 0.0 (female) / 1.0 (male).
 

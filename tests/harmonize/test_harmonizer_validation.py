@@ -33,6 +33,25 @@ def test_sex_codings_are_normalised(codes, expected):
     assert validation.normalize_sex(pd.Series(codes)).tolist() == expected
 
 
+@pytest.mark.parametrize("codes, expected", [
+    (["M", "F", "male", "Female", " m "], [1, 0, 1, 0, 1]),
+    ([0, 1, 1, 0], [0, 1, 1, 0]),
+    ([1, 2, 2, 1], [1, 0, 0, 1]),
+    (["1", "2"], [1, 0]),
+])
+def test_lenient_sex_reading_agrees_with_the_strict_one(codes, expected):
+    """Metrics and reports read sex with :func:`validation.sex_numeric`: the same codes as the
+    harmonizers, NaN (not an error) where a code is unknown or missing."""
+    assert validation.sex_numeric(pd.Series(codes)).tolist() == expected
+    lenient = validation.sex_numeric(pd.Series(["M", "X", None, "f"]))
+    assert lenient[[0, 3]].tolist() == [1, 0] and np.isnan(lenient[[1, 2]]).all()
+
+
+def test_site_labels_are_stripped_text():
+    covariates = pd.DataFrame({"site": [" siteB", "siteA ", 3]})
+    assert validation.site_labels(covariates).tolist() == ["siteB", "siteA", "3"]
+
+
 def test_explicit_sex_mapping_overrides_auto():
     values = pd.Series([1, 2, 1])
     assert validation.normalize_sex(values, {1: "F", 2: "M"}).tolist() == [0, 1, 0]

@@ -26,7 +26,7 @@ from bidsharmony.harmonize.errors import (
 from bidsharmony.harmonize.names import HARMONIZERS
 from bidsharmony.harmonize.pooling import EquivariantPooling
 from bidsharmony.harmonize.pooling import groups
-from bidsharmony.harmonize.pooling.metrics import equivariance_gap, minmax_normalize, site_adversary, site_mmd
+from bidsharmony.evaluation.representation import equivariance_gap, minmax_normalize, site_adversary, site_mmd
 from bidsharmony.harmonize.pooling.networks import PoolingNetwork
 from bidsharmony.harmonize.pooling.training import rbf_mmd_between_sites, stage_one_loss
 

@@ -10,8 +10,9 @@ Modules:
   ``G(i, j)``, an exactly SO(n)-equivariant frame-to-rotation layer;
 * :mod:`.networks` — E, D, τ (stage one) and b, Ψ, h with ``Φ = τ · b(τ^T ℓ)`` (stage two);
 * :mod:`.training` — the stage-one loss (Eq. 3), the MMD between sites (Eq. 7), both stages;
-* :mod:`.metrics` — the paper's ΔEq (Eq. 8), Adv, M and ACC;
 * :mod:`.harmonizer` — :class:`EquivariantPooling`, the common harmonizer interface.
+
+The paper's measures (ΔEq, Adv, M, ACC) are in :mod:`bidsharmony.evaluation.representation`.
 
 Importing this package imports torch.
 """

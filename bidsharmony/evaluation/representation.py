@@ -1,5 +1,9 @@
 """The evaluation measures of Lokhande et al. (2022, §4 and Appendix A.2) for representations.
 
+Representations are what :class:`~bidsharmony.harmonize.pooling.EquivariantPooling` returns
+instead of harmonized features; the measures live here, beside the other metrics, so that no
+harmonizer imports the evaluation suite.
+
 * **ΔEq** (Eq. 8, higher = more structured by age): mean over pairs of scans of
   ``|i - j| · ||v_i - v_j||²`` with ``i, j`` their age groups and ``v`` the row-wise min–max
   normalised (Eq. 10) ``τ(ℓ)`` — or the representation, for models without τ;
@@ -23,9 +27,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ...evaluation.distance import median_heuristic, mmd2_unbiased, subsample_by_site
-from ...evaluation.prediction import MLPClassifier
-from ...evaluation.site import chance_levels, residualize_covariates
+from ..harmonize.validation import MALE, normalize_sex, site_labels, stripped_labels
+from .distance import median_heuristic, mmd2_unbiased, subsample_by_site
+from .prediction import MLPClassifier
+from .site import chance_levels, residualize_covariates
+
+__all__ = ["equivariance_gap", "evaluate_representation", "minmax_normalize", "remove_age", "site_adversary",
+           "site_mmd"]
 
 ADVERSARY_HIDDEN = (64, 64)
 ADVERSARY_EPOCHS = 150
@@ -133,8 +141,7 @@ def evaluate_representation(model, train_features: pd.DataFrame, train_covariate
     z_train = model.transform(train_features, train_covariates).to_numpy()
     z_test = model.transform(test_features, test_covariates).to_numpy()
     groups = model.age_bins(test_covariates["age"].to_numpy(dtype=np.float64))
-    train_sites = train_covariates["site"].astype(str).to_numpy()
-    test_sites = test_covariates["site"].astype(str).to_numpy()
+    train_sites, test_sites = site_labels(train_covariates), site_labels(test_covariates)
     result = {"delta_eq_phi": equivariance_gap(z_test, groups, seed=seed)}
     if model.variant == "equivariant":
         result["delta_eq"] = equivariance_gap(model.rotations(test_features, test_covariates), groups, seed=seed)
@@ -155,9 +162,9 @@ def evaluate_representation(model, train_features: pd.DataFrame, train_covariate
         predicted = model.predict(test_features, test_covariates).to_numpy().astype(str)
         if column == "age-bin":
             truth = model.age_bins(test_covariates["age"].to_numpy(dtype=np.float64)).astype(str)
-        elif column == "sex":
-            truth = np.where(test_covariates["sex"].astype(str).str.upper().str[0] == "M", "M", "F")
+        elif column == "sex":  # read as the model read it at fit (its resolved coding)
+            truth = np.where(normalize_sex(test_covariates["sex"], model.sex_coding_) == MALE, "M", "F")
         else:
-            truth = test_covariates[column].astype(str).str.strip().to_numpy()
+            truth = stripped_labels(test_covariates[column]).to_numpy()
         result["acc"] = float(np.mean(predicted == truth))
     return result
