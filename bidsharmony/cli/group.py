@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..harmonize import registry
 from ..utils.derivatives import derivative_bids_uri, generated_by
 from ..utils.io import atomic_path, atomic_write_json
 
@@ -28,21 +29,25 @@ def desc_label(method: str) -> str:
     return "".join(c for c in method if c.isalnum())
 
 
-def harmonizer_params(config, method: str) -> dict:
-    """Constructor arguments of feature harmonizer ``method`` from the command line."""
-    from ..harmonize import harmonizer_class
-    from ..harmonize.base import constructor_parameters
+#: run settings given to every harmonizer whose constructor takes them: parameter <- config field
+#: (a method's own flags, e.g. flow-scm's --flow and --epochs, are declared in its registry entry)
+RUN_SETTINGS = {
+    "reference_site": "reference_site",
+    "min_subjects_per_site": "min_site_size",
+    "random_seed": "random_seed",
+    "num_threads": "omp_nthreads",
+}
 
-    params = {
-        "reference_site": config.reference_site,
-        "min_subjects_per_site": config.min_site_size,
-        "random_seed": config.random_seed,
-    }
-    if method == "flow-scm":
-        params.update(flow=config.flow, epochs=config.epochs, num_threads=config.omp_nthreads)
-    elif method == "equivariant-pooling":
-        params.update(num_threads=config.omp_nthreads)
-    accepted = constructor_parameters(harmonizer_class(method))
+
+def harmonizer_params(config, method: str) -> dict:
+    """Constructor arguments of harmonizer ``method`` (table or image) from the command line.
+
+    Each run setting and ``--harmonizer-param`` reaches the methods whose constructor takes it,
+    ``--protect`` those that keep extra covariates.
+    """
+    accepted = registry.parameters(method)
+    settings = {**RUN_SETTINGS, **registry.method(method).settings}
+    params = {name: getattr(config, field) for name, field in settings.items() if name in accepted}
     if config.protect and "extra_covariates" in accepted:
         params["extra_covariates"] = list(config.protect)
     params.update({k: v for k, v in config.harmonizer_params.items() if k in accepted})
@@ -50,21 +55,17 @@ def harmonizer_params(config, method: str) -> dict:
 
 
 def check_group_options(config) -> None:
-    """Refuse ``--harmonizer-param`` keys no chosen harmonizer takes, and ``--counterfactual`` without deep SCM."""
+    """Refuse ``--harmonizer-param`` keys no chosen harmonizer takes, and ``--counterfactual`` or
+    ``--protect`` with no chosen harmonizer able to honour them."""
     from ..errors import UsageError
-    from ..harmonize import harmonizer_class
-    from ..harmonize.base import constructor_parameters
-    from ..harmonize.image_base import image_harmonizer_class
-    from ..harmonize.names import IMAGE_HARMONIZERS
 
-    if config.counterfactual and "deepscm-image" not in config.harmonizer and not config.harmonizer_model:
-        raise UsageError("--counterfactual draws deep-SCM counterfactuals: add --harmonizer deepscm-image "
-                         "(or --harmonizer-model with a saved deepscm-image model)")
+    drawers = [m for m in registry.names() if registry.method(m).counterfactuals]
+    if config.counterfactual and not set(drawers) & set(config.harmonizer) and not config.harmonizer_model:
+        raise UsageError(f"--counterfactual draws deep-SCM counterfactuals: add --harmonizer {' or '.join(drawers)} "
+                         f"(or --harmonizer-model with a saved {' or '.join(drawers)} model)")
     if config.protect:
-        from ..harmonize.names import HARMONIZERS
-
-        unable = [m for m in config.harmonizer
-                  if m in HARMONIZERS and "extra_covariates" not in constructor_parameters(harmonizer_class(m))]
+        unable = [m for m in config.harmonizer if registry.method(m).kind == registry.TABLE
+                  and "extra_covariates" not in registry.parameters(m)]
         if unable:
             raise UsageError(f"--protect: {', '.join(unable)} cannot keep further covariates; drop "
                              f"{'it' if len(unable) == 1 else 'them'} from --harmonizer or drop --protect")
@@ -72,8 +73,7 @@ def check_group_options(config) -> None:
         return
     accepted = set()
     for method in config.harmonizer:
-        lookup = image_harmonizer_class if method in IMAGE_HARMONIZERS else harmonizer_class
-        accepted |= set(constructor_parameters(lookup(method)))
+        accepted |= set(registry.parameters(method))
     unknown = sorted(set(config.harmonizer_params) - accepted)
     if unknown:
         chosen = ", ".join(config.harmonizer) or "any harmonizer (none chosen; a saved model keeps its own)"
@@ -149,16 +149,6 @@ def _fit_and_apply(config, jobs, group, out_dir: Path) -> list[Path]:
     return written
 
 
-def image_harmonizer_params(config) -> dict:
-    """Constructor arguments of the image harmonizers from the command line."""
-    return {
-        "reference_site": config.reference_site,
-        "random_seed": config.random_seed,
-        "num_threads": config.omp_nthreads,
-        **config.harmonizer_params,
-    }
-
-
 def write_image(data, like, path: Path, meta: dict) -> Path:
     """Write a float32 NIfTI on the grid of ``like`` and its JSON sidecar, both atomically."""
     import nibabel as nb
@@ -199,7 +189,7 @@ def _harmonize_images(config, methods: list[str], out_dir: Path) -> list[Path]:
     if config.harmonizer_model:
         jobs = [(ImageHarmonizer.load(config.harmonizer_model), config.harmonizer_model)]
     else:
-        jobs = [(get_image_harmonizer(m, **image_harmonizer_params(config)), None) for m in methods]
+        jobs = [(get_image_harmonizer(m, **harmonizer_params(config, m)), None) for m in methods]
     written = []
     for harmonizer, model_dir in jobs:
         started = time.monotonic()
@@ -230,7 +220,7 @@ def _harmonize_images(config, methods: list[str], out_dir: Path) -> list[Path]:
             elapsed = time.monotonic() - transform_started
             LOGGER.info("%s: %d/%d scans harmonized (site %s done) in %.0f s, about %.0f s left",
                         harmonizer.name, done, len(scans), site, elapsed, elapsed / done * (len(scans) - done))
-        if config.counterfactual and harmonizer.name == "deepscm-image":
+        if config.counterfactual and registry.method(harmonizer.name).counterfactuals:
             written += _draw_counterfactuals(config, harmonizer, group, out_dir / "figures")
         LOGGER.info("%s done in %.0f s → %d images (*_desc-%s_T1w.nii.gz), model %s", harmonizer.name,
                     time.monotonic() - started, len(scans), harmonizer.desc, model_dir)
@@ -261,10 +251,10 @@ def _evaluate(config, methods, group, out_dir: Path) -> Path:
     from ..harmonize import get_harmonizer
     from ..reports.group import write_group_report
 
-    # The evaluation compares harmonized features; pooling returns a representation instead.
+    # The evaluation compares harmonized features; a representation (pooling) is not one.
     factories = {
         m: (lambda m=m: get_harmonizer(m, **harmonizer_params(config, m)))
-        for m in methods if m != "equivariant-pooling"
+        for m in methods if registry.method(m).output == registry.FEATURES
     }
     covariates = pd.concat([group.ids[["participant_id"]], group.covariates], axis=1)
     LOGGER.info("Evaluating %s leakage-safely (cross-validated; every fold refits)", ", ".join(factories))
@@ -285,14 +275,13 @@ def run_group(config) -> list[Path]:
     """
     from ..harmonize.base import model_format
     from ..harmonize.image_base import IMAGE_FORMAT_NAME
-    from ..harmonize.names import IMAGE_HARMONIZERS
 
     started = time.monotonic()
     check_group_options(config)
     out_dir = config.output_dir / "group"
-    image_methods = [m for m in config.harmonizer if m in IMAGE_HARMONIZERS]
+    image_methods = [m for m in config.harmonizer if registry.method(m).kind == registry.IMAGE]
     image_model = bool(config.harmonizer_model) and model_format(config.harmonizer_model) == IMAGE_FORMAT_NAME
-    feature_methods = [m for m in config.harmonizer if m not in IMAGE_HARMONIZERS]
+    feature_methods = [m for m in config.harmonizer if registry.method(m).kind == registry.TABLE]
     written = []
     if feature_methods or not (image_methods or image_model):
         written += _run_features(config, feature_methods, out_dir)

@@ -15,7 +15,7 @@ from pathlib import Path
 from .. import __version__
 from ..config import DEFAULT_ATLAS, DEFAULT_TEMPLATE, Config
 from ..errors import EXIT_USAGE
-from ..harmonize.names import HARMONIZERS, IMAGE_HARMONIZERS
+from ..harmonize import registry
 
 
 class _BIDSAppParser(argparse.ArgumentParser):
@@ -201,9 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
         "(Manufacturer, ManufacturersModelName, MagneticFieldStrength, InstitutionName)",
     )
     group.add_argument(
-        "--harmonizer", nargs="+", choices=HARMONIZERS + IMAGE_HARMONIZERS, default=[], metavar="METHOD",
-        help=f"harmonization method(s) of the ROI features: {', '.join(HARMONIZERS)}; of the "
-        f"template-space images: {', '.join(IMAGE_HARMONIZERS)}",
+        "--harmonizer", nargs="+", choices=registry.names(), default=[], metavar="METHOD",
+        help=registry.help_text(),
     )
     group.add_argument(
         "--harmonizer-param", nargs="+", type=_harmonizer_param, default=[], metavar="KEY=VALUE",

@@ -9,6 +9,9 @@ Pure library code — tables and covariates in, tables out; no BIDS, no Nipype::
     harmonizer.save("models/flow-scm")
     same = load_harmonizer("models/flow-scm")
 
+Every method — table or image — is declared once, in :mod:`bidsharmony.harmonize.registry`
+(name, kind, module, what it needs, what it writes); its parameters are its constructor's.
+
 Importing this package is light: torch/nflows (flow-scm) and neuroHarmonize (ComBat, CovBat) are
 imported only when a harmonizer that needs them is created or loaded.
 """
@@ -33,7 +36,8 @@ def get_harmonizer(name: str, **params):
     Parameters
     ----------
     name : str
-        One of :data:`HARMONIZERS`: ``"combat"``, ``"combat-gam"``, ``"covbat"``, ``"flow-scm"``.
+        One of :data:`HARMONIZERS` (the table methods of :mod:`.registry`), e.g. ``"combat"``,
+        ``"combat-gam"``, ``"covbat"``, ``"flow-scm"``.
     **params
         Keyword arguments of that harmonizer's class (e.g. ``reference_site``,
         ``random_seed``, ``flow``, ``epochs``).

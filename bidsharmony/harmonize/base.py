@@ -60,7 +60,7 @@ import numpy as np
 import pandas as pd
 
 from .._version import __version__
-from . import validation
+from . import registry, validation
 from .errors import HarmonizerParameterError, ModelFileError, NotFittedError
 
 LOGGER = logging.getLogger(__name__)
@@ -71,15 +71,9 @@ FORMAT_NAME = "bidsharmony-harmonizer-model"
 MANIFEST_NAME = "manifest.json"
 WEIGHTS_NAME = "weights.npz"
 
-#: where each registered harmonizer lives, so that loading imports only what it needs
-HARMONIZER_MODULES = {
-    "combat": "bidsharmony.harmonize.combat",
-    "combat-gam": "bidsharmony.harmonize.combat",
-    "combat-ls": "bidsharmony.harmonize.combat_ls",
-    "covbat": "bidsharmony.harmonize.covbat",
-    "equivariant-pooling": "bidsharmony.harmonize.pooling",
-    "flow-scm": "bidsharmony.harmonize.scm.harmonizer",
-}
+#: where each table harmonizer lives (from :mod:`.registry`), so that loading imports only what it needs
+HARMONIZER_MODULES = registry.modules(registry.TABLE)
+#: the classes defined so far, by name (filled as their modules are imported)
 _REGISTRY: dict = {}
 
 _REQUIRED_MANIFEST_KEYS = (

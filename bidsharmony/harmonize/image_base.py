@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from .._version import __version__
+from . import registry
 from .base import (
     SavedModel, _jsonable, constructor_parameters, corrupted_model_errors, manifest_header, read_manifest,
     read_weights, restore_fit_record,
@@ -41,13 +42,8 @@ LOGGER = logging.getLogger("bidsharmony")
 
 IMAGE_FORMAT_NAME = "bidsharmony-image-harmonizer-model"
 
-#: where each image harmonizer lives, so that loading imports only what it needs
-IMAGE_HARMONIZER_MODULES = {
-    "histogram-matching": "bidsharmony.harmonize.histogram",
-    "harmonizing-flows": "bidsharmony.harmonize.harmonizing_flows",
-    "blindharmony": "bidsharmony.harmonize.blindharmony",
-    "deepscm-image": "bidsharmony.harmonize.deepscm_image",
-}
+#: where each image harmonizer lives (from :mod:`.registry`), so that loading imports only what it needs
+IMAGE_HARMONIZER_MODULES = registry.modules(registry.IMAGE)
 _IMAGE_REGISTRY: dict = {}
 
 

@@ -1,11 +1,13 @@
-"""Names of the group-level harmonizers, importable without torch.
+"""Names of the group-level harmonizers, importable without torch (from :mod:`.registry`).
 
 The command line offers these; :func:`bidsharmony.harmonize.get_harmonizer` maps each to
-its class. Add a name here only when its harmonizer is implemented and tested.
+its class. A new method is declared in :data:`bidsharmony.harmonize.registry.METHODS`.
 """
 
-HARMONIZERS: tuple[str, ...] = ("combat", "combat-gam", "combat-ls", "covbat", "equivariant-pooling", "flow-scm")
+from .registry import IMAGE, TABLE, names
+
+HARMONIZERS: tuple[str, ...] = names(TABLE)
 """Harmonizers of feature tables (ROI volumes)."""
 
-IMAGE_HARMONIZERS: tuple[str, ...] = ("blindharmony", "deepscm-image", "harmonizing-flows", "histogram-matching")
+IMAGE_HARMONIZERS: tuple[str, ...] = names(IMAGE)
 """Harmonizers of template-space images (see :mod:`bidsharmony.harmonize.image_base`)."""

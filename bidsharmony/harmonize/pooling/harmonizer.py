@@ -60,7 +60,7 @@ import torch
 
 from ...utils.rowwise import padded_chunks
 from .. import validation
-from ..base import HARMONIZER_MODULES, Harmonizer
+from ..base import Harmonizer
 from ..errors import CovariateError, HarmonizerParameterError, NotFittedError
 from .groups import GROUP_MAPS, covariate_group_table
 from .networks import DTYPE, VARIANTS, PoolingNetwork
@@ -68,9 +68,6 @@ from .training import PoolingConfig, to_tensor, train_stage_one, train_stage_two
 
 LOGGER = logging.getLogger(__name__)
 NAME = "equivariant-pooling"
-# Loading a saved model dispatches on HARMONIZER_MODULES (bidsharmony.harmonize.base); make the
-# name known once this module is imported, whether or not base.py lists it already.
-HARMONIZER_MODULES.setdefault(NAME, "bidsharmony.harmonize.pooling")
 
 #: where stage two matches the sites (see the module docstring)
 MMD_TARGETS = ("invariant", "representation", "both")
