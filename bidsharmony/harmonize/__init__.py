@@ -40,9 +40,14 @@ def get_harmonizer(name: str, **params):
         ``"combat-gam"``, ``"covbat"``, ``"flow-scm"``.
     **params
         Keyword arguments of that harmonizer's class (e.g. ``reference_site``,
-        ``random_seed``, ``flow``, ``epochs``).
+        ``random_seed``, ``flow``, ``epochs``); any other name is refused with a
+        :class:`~bidsharmony.harmonize.errors.HarmonizerParameterError` listing the valid ones.
     """
-    return harmonizer_class(name)(**params)
+    from .base import check_parameter_names
+
+    cls = harmonizer_class(name)
+    check_parameter_names(cls, params)
+    return cls(**params)
 
 
 def load_harmonizer(path):

@@ -167,6 +167,21 @@ def constructor_parameters(cls) -> list[str]:
     return names
 
 
+def check_parameter_names(cls, params) -> None:
+    """Refuse keyword arguments that are not parameters of ``cls``, listing those that are.
+
+    Both families (and ``set_params``) refuse the same way, so a misspelt parameter is never
+    ignored silently.
+    """
+    accepted = constructor_parameters(cls)
+    unknown = sorted(set(params) - set(accepted))
+    if unknown:
+        raise HarmonizerParameterError(
+            f"{cls.__name__} has no parameter {', '.join(map(repr, unknown))}; "
+            f"valid parameters: {', '.join(sorted(accepted))}"
+        )
+
+
 class SavedModel:
     """What feature and image harmonizers share: parameters, fitted state, ``save``.
 
@@ -210,13 +225,7 @@ class SavedModel:
         with the old value (e.g. ``log_features``), and applying it under the new one would
         return wrong values silently. Call ``fit`` again.
         """
-        accepted = constructor_parameters(type(self))
-        unknown = sorted(set(params) - set(accepted))
-        if unknown:
-            raise HarmonizerParameterError(
-                f"{type(self).__name__} has no parameter {', '.join(map(repr, unknown))}; "
-                f"valid parameters: {', '.join(sorted(accepted))}"
-            )
+        check_parameter_names(type(self), params)
         if not params:
             return self
         # validated and normalised exactly as a new harmonizer with these values would be

@@ -33,8 +33,8 @@ import pandas as pd
 from .._version import __version__
 from . import registry
 from .base import (
-    SavedModel, _jsonable, constructor_parameters, corrupted_model_errors, manifest_header, read_manifest,
-    read_weights, restore_fit_record,
+    SavedModel, _jsonable, check_parameter_names, constructor_parameters, corrupted_model_errors, manifest_header,
+    read_manifest, read_weights, restore_fit_record,
 )
 from .errors import HarmonizerInputError, HarmonizerParameterError, ModelFileError
 
@@ -131,13 +131,11 @@ def image_harmonizer_class(name: str):
 
 
 def get_image_harmonizer(name: str, **params) -> "ImageHarmonizer":
-    """A new, unfitted image harmonizer; unknown keyword arguments are ignored with a log line."""
+    """A new, unfitted image harmonizer; an unknown keyword argument is refused, as for the
+    table harmonizers (:func:`bidsharmony.harmonize.get_harmonizer`)."""
     cls = image_harmonizer_class(name)
-    accepted = cls.parameter_names()
-    unused = sorted(set(params) - accepted)
-    if unused:
-        LOGGER.debug("%s ignores %s", name, ", ".join(unused))
-    return cls(**{k: v for k, v in params.items() if k in accepted})
+    check_parameter_names(cls, params)
+    return cls(**params)
 
 
 class ImageHarmonizer(SavedModel):

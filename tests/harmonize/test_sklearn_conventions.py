@@ -6,6 +6,8 @@ scorer, and as a pipeline step in front of a site classifier — as users of a l
 harmonizer such as neuroHarmonize evaluate one.
 """
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -16,7 +18,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from bidsharmony.harmonize import HARMONIZERS, get_harmonizer
-from bidsharmony.harmonize.base import constructor_parameters
+from bidsharmony.harmonize.base import _jsonable, constructor_parameters
 from bidsharmony.harmonize.combat import ComBat
 from bidsharmony.harmonize.errors import HarmonizerParameterError, NotFittedError
 from bidsharmony.harmonize.image_base import get_image_harmonizer
@@ -89,6 +91,20 @@ def test_set_params_refuses_unknown_names_and_invalid_values(kind, name):
     with pytest.raises(HarmonizerParameterError):
         harmonizer.set_params(random_seed=-1)
     assert harmonizer.get_params() == before  # a refused call changes nothing
+
+
+@pytest.mark.parametrize("kind, name", ALL)
+def test_both_families_refuse_unknown_constructor_arguments_alike(kind, name):
+    with pytest.raises(HarmonizerParameterError, match=r"has no parameter 'no_such_param'; valid parameters:"):
+        make(kind, name, no_such_param=1)
+
+
+@pytest.mark.parametrize("kind, name", ALL)
+def test_sidecar_parameters_are_those_of_the_manifest(kind, name):
+    """The group level writes ``get_params()`` into JSON sidecars and the manifest its JSON form:
+    both read the same (plain values, as the constructors normalise them)."""
+    params = make(kind, name).get_params()
+    assert json.loads(json.dumps(params, default=str)) == _jsonable(params)
 
 
 def test_changing_a_parameter_of_a_fitted_model_unfits_it(fitted_combat, small_table):
