@@ -14,6 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "bidsharmony"
 
 #: layer -> packages of bidsharmony it must never import
 FORBIDDEN = {
+    "workflows": ("cli",),
     "harmonize": ("cli", "workflows", "evaluation", "reports", "interfaces"),
     "evaluation": ("cli", "workflows", "interfaces"),
     "utils": ("cli", "workflows", "evaluation", "harmonize", "reports", "interfaces"),

@@ -8,7 +8,8 @@ import pytest
 
 from bidsharmony.cli import docs
 from bidsharmony.cli.boutiques import build_descriptor
-from bidsharmony.cli.group import RUN_SETTINGS, check_group_options, harmonizer_params
+from bidsharmony.cli.group import check_group_options
+from bidsharmony.workflows.group_level import RUN_SETTINGS, harmonizer_params
 from bidsharmony.cli.parser import build_parser
 from bidsharmony.errors import UsageError
 from bidsharmony.harmonize import registry
