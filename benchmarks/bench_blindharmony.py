@@ -13,10 +13,10 @@ domain). Every method's output is compared inside the brain with the untransform
 PSNR (peak 1) and SSIM (scikit-image, 3D, data range 1).
 
 Methods: **source** (no harmonization); **BlindHarmony**; **histogram matching**
-(:class:`bidsharmony.harmonize.histogram.HistogramMatching`, Nyúl & Udupa's piecewise-linear
+(:class:`bidsharmony.images.histogram.HistogramMatching`, Nyúl & Udupa's piecewise-linear
 landmark method, standard scale learnt from the same reference scans); **low-frequency replacement**
 (SSIMH-like: the low spatial frequencies of each slice replaced by those of the mean training
-slice, :func:`bidsharmony.harmonize.blindharmony.lowfrequency_replacement`).
+slice, :func:`bidsharmony.images.blindharmony.lowfrequency_replacement`).
 
 Traveling subjects (``--n-traveling``): :func:`bidsharmony.datasets.synthetic.scan_image` scans
 each traveler's anatomy at every site (monotone intensity map, bias field, Rician/Gaussian
@@ -96,8 +96,8 @@ def make_brains(n, seed):
 
 def fit_models(args, scans, reference):
     """BlindHarmony (None with ``--baselines-only``) and histogram matching fitted on ``scans``."""
-    from bidsharmony.harmonize.blindharmony import BlindHarmony
-    from bidsharmony.harmonize.histogram import HistogramMatching
+    from bidsharmony.images.blindharmony import BlindHarmony
+    from bidsharmony.images.histogram import HistogramMatching
 
     histogram = HistogramMatching(reference_site=reference).fit(scans)
     if args.baselines_only:
@@ -118,7 +118,7 @@ def blindharmony_info(model, fit_seconds, n_scans):
 
 
 def lowfrequency(image, mask, model):
-    from bidsharmony.harmonize.blindharmony import lowfrequency_replacement
+    from bidsharmony.images.blindharmony import lowfrequency_replacement
 
     geometry = model.geometry_
     slices = geometry.to_slices(image)
@@ -173,7 +173,7 @@ def run_traveling(args):
 
     from bidsharmony.datasets import synthetic
     from bidsharmony.harmonize.image_base import ImageSet
-    from bidsharmony.harmonize.image_data import denormalize_intensity, normalize_intensity
+    from bidsharmony.images.data import denormalize_intensity, normalize_intensity
 
     torch.set_num_threads(args.threads)
     model_t = synthetic.TemplateModel(resolution=4)

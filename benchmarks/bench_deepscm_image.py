@@ -154,7 +154,7 @@ def ventricle_measures(slices, region, threshold):
 
 def age_effect(model, scans, data, region_3d, args):
     """do(age + years) on single-site scans vs the true counterfactual scans."""
-    from bidsharmony.harmonize.image_data import normalize_intensity
+    from bidsharmony.images.data import normalize_intensity
 
     truth = true_older_scans(args, data, args.years)
     region = model.geometry_.to_slices(region_3d.astype(np.float32)) > 0.25
@@ -181,7 +181,7 @@ def age_effect(model, scans, data, region_3d, args):
 def traveler_rows(model, scans, reference, k, slab):
     """PSNR/SSIM of raw, linear and deep-SCM against the traveler's reference-site scan."""
     from bidsharmony.evaluation.images import psnr_in_mask, ssim_in_mask
-    from bidsharmony.harmonize.image_data import normalize_intensity
+    from bidsharmony.images.data import normalize_intensity
 
     cov = scans.covariates
     row = cov.iloc[k].to_dict()
@@ -210,7 +210,7 @@ def main(argv=None):
 
     torch.set_num_threads(args.threads)
     from bidsharmony.datasets.template_space import make_template_scans
-    from bidsharmony.harmonize.deepscm_image import DeepSCMImage, plot_counterfactuals
+    from bidsharmony.images.deepscm_image import DeepSCMImage, plot_counterfactuals
 
     data = make_template_scans(n_subjects=args.n_subjects, n_sites=3, n_traveling=args.n_traveling,
                                resolution=RESOLUTION, seed=args.seed)

@@ -13,7 +13,7 @@ traveler scans) and compared inside the brain with the same subject's reference-
   applied to each output; Dice of CSF / GM / WM against the ground-truth tissues.
 
 Methods: **raw** (the scan min-max normalised inside the brain, mapped to the reference
-site's units), **histogram matching** (:class:`bidsharmony.harmonize.histogram.HistogramMatching`,
+site's units), **histogram matching** (:class:`bidsharmony.images.histogram.HistogramMatching`,
 Nyúl & Udupa's landmark method fitted on the same reference scans), **Harmonizing Flows
 pretrained** (the harmonizer before adaptation) and **Harmonizing Flows** (after the Eq. 6
 adaptation).
@@ -94,7 +94,7 @@ def fit_segmenter(training, seed):
 
 def fit_harmonizing_flows(args, training, reference):
     """Harmonizing Flows and a copy that skips adaptation (pretrained only), and the fit time."""
-    from bidsharmony.harmonize.harmonizing_flows import HarmonizingFlows
+    from bidsharmony.images.harmonizing_flows import HarmonizingFlows
 
     model = HarmonizingFlows(reference_site=reference, slice_size=args.slice_size, flow_epochs=args.flow_epochs,
                              harmonizer_epochs=args.harmonizer_epochs,
@@ -133,8 +133,8 @@ def run(args):
     import torch
 
     from bidsharmony.evaluation.images import dice_per_label, psnr_in_mask, ssim_in_mask
-    from bidsharmony.harmonize.histogram import HistogramMatching
-    from bidsharmony.harmonize.image_data import denormalize_intensity, normalize_intensity
+    from bidsharmony.images.histogram import HistogramMatching
+    from bidsharmony.images.data import denormalize_intensity, normalize_intensity
 
     torch.set_num_threads(args.threads)
     training, travelers, sites = make_data(args)

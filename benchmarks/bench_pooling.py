@@ -7,7 +7,7 @@ given to the models as the prediction target ``h`` (as AD/CN in the paper). Each
 new table and a new 70/30 train/test split; every model is fitted on the training rows and
 every measure is computed on the held-out rows.
 
-Methods (same networks, :class:`bidsharmony.harmonize.pooling.EquivariantPooling`):
+Methods (same networks, :class:`bidsharmony.features.pooling.EquivariantPooling`):
 
 * **Naïve** — ``variant="naive"``: autoencoder + predictor, no MMD, no equivariance;
 * **MMD** — ``variant="mmd"``: MMD between sites on ``b(ℓ)``, no equivariance;
@@ -45,7 +45,7 @@ import numpy as np
 import pandas as pd
 
 from bidsharmony.datasets.tabular import make_feature_table
-from bidsharmony.harmonize.pooling import EquivariantPooling
+from bidsharmony.features.pooling import EquivariantPooling
 from bidsharmony.evaluation.representation import evaluate_representation, site_adversary
 
 #: (key for --methods, label, parameters)
@@ -150,7 +150,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     if not args.verbose:
-        logging.getLogger("bidsharmony.harmonize.pooling").setLevel(logging.WARNING)
+        logging.getLogger("bidsharmony.features.pooling").setLevel(logging.WARNING)
     started = time.perf_counter()
     results, info = run(args)
     print(markdown(results, info, args, time.perf_counter() - started))

@@ -25,7 +25,7 @@ from sklearn.metrics import balanced_accuracy_score
 
 from bidsharmony.datasets.tabular import error_to_reference, make_age_spread_table, make_feature_table
 from bidsharmony.harmonize import get_harmonizer
-from bidsharmony.harmonize.pooling import EquivariantPooling
+from bidsharmony.features.pooling import EquivariantPooling
 from bidsharmony.evaluation.representation import site_adversary
 
 #: the settings of tests/harmonize/harmonize_helpers.py::FAST_FLOW

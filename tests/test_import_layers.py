@@ -1,4 +1,9 @@
-"""Imports run one way: cli -> workflows -> evaluation -> harmonize -> utils (issue 23, point 4).
+"""Imports run one way (issue 23, points 2 and 4).
+
+cli -> workflows -> evaluation -> features / images -> flows / scm -> harmonize -> utils: the
+two families of methods (feature-table and image harmonizers) build on the blocks they share
+(the flow layers, the causal-model engine) and on the interface in ``harmonize`` (base
+classes, registry, validation), never the reverse, and neither family imports the other.
 
 Every ``import`` statement of a package module — at the top or inside a function, relative or
 absolute — is read with :mod:`ast` (nothing is imported), so a lazy import that dodges a cycle
@@ -13,11 +18,17 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "bidsharmony"
 
 #: layer -> packages of bidsharmony it must never import
+ABOVE_HARMONIZERS = ("cli", "workflows", "evaluation", "reports", "interfaces")
 FORBIDDEN = {
     "workflows": ("cli",),
-    "harmonize": ("cli", "workflows", "evaluation", "reports", "interfaces"),
     "evaluation": ("cli", "workflows", "interfaces"),
-    "utils": ("cli", "workflows", "evaluation", "harmonize", "reports", "interfaces"),
+    # the two families of methods and the flow blocks they use, above the shared interface
+    "features": ABOVE_HARMONIZERS + ("images",),
+    "images": ABOVE_HARMONIZERS + ("features",),
+    "flows": ABOVE_HARMONIZERS + ("features", "images"),
+    "scm": ABOVE_HARMONIZERS + ("features", "images"),
+    "harmonize": ABOVE_HARMONIZERS + ("features", "images", "flows", "scm"),
+    "utils": ABOVE_HARMONIZERS + ("harmonize", "features", "images", "flows", "scm"),
 }
 
 

@@ -1,6 +1,6 @@
 """The evaluation measures of Lokhande et al. (2022, §4 and Appendix A.2) for representations.
 
-Representations are what :class:`~bidsharmony.harmonize.pooling.EquivariantPooling` returns
+Representations are what :class:`~bidsharmony.features.pooling.EquivariantPooling` returns
 instead of harmonized features; the measures live here, beside the other metrics, so that no
 harmonizer imports the evaluation suite.
 

@@ -1,4 +1,11 @@
-"""Group-level harmonizers: fit site effects on feature tables, map scans to a reference site.
+"""What every harmonizer shares, and the way in: build, fit, save and load any method by name.
+
+Here live the interface (:mod:`.base` for feature tables, :mod:`.image_base` for images), the
+registry of methods (:mod:`.registry`), input validation (:mod:`.validation`), the errors and
+the scikit-learn pipeline step (:mod:`.sklearn_adapter`). The methods themselves live by data
+kind: :mod:`bidsharmony.features` (ComBat family, flow-scm, pooling) and
+:mod:`bidsharmony.images` (histogram matching, Harmonizing Flows, BlindHarmony, deep SCM),
+on the shared blocks :mod:`bidsharmony.flows` and :mod:`bidsharmony.scm`.
 
 Pure library code — tables and covariates in, tables out; no BIDS, no Nipype::
 
@@ -9,8 +16,8 @@ Pure library code — tables and covariates in, tables out; no BIDS, no Nipype::
     harmonizer.save("models/flow-scm")
     same = load_harmonizer("models/flow-scm")
 
-Every method — table or image — is declared once, in :mod:`bidsharmony.harmonize.registry`
-(name, kind, module, what it needs, what it writes); its parameters are its constructor's.
+Every method — table or image — is declared once, in :mod:`.registry` (name, kind, module,
+what it needs, what it writes); its parameters are its constructor's.
 
 Importing this package is light: torch/nflows (flow-scm) and neuroHarmonize (ComBat, CovBat) are
 imported only when a harmonizer that needs them is created or loaded.

@@ -240,7 +240,7 @@ def _harmonize_images(config, methods: list[str], out_dir: Path) -> list[Path]:
 
 def _draw_counterfactuals(config, harmonizer, group, figures: Path) -> list[Path]:
     """One Fig. 5-like PNG per scan: do(site=reference) and each ``--counterfactual`` intervention."""
-    from ..harmonize.deepscm_image import plot_counterfactuals
+    from ..images.deepscm_image import plot_counterfactuals
 
     scans, written = group.scans, []
     interventions = {f"do(site={harmonizer.reference_site_})": {"site": harmonizer.reference_site_}}

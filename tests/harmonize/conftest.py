@@ -63,7 +63,7 @@ def combat_shaped_table():
 
 @pytest.fixture(scope="session")
 def fitted_combat(small_table):
-    from bidsharmony.harmonize.combat import ComBat
+    from bidsharmony.features.combat import ComBat
 
     return fit_quietly(ComBat(reference_site=small_table.reference_site, min_subjects_per_site=5),
                        small_table.features, small_table.covariates)
@@ -71,7 +71,7 @@ def fitted_combat(small_table):
 
 @pytest.fixture(scope="session")
 def fitted_covbat(small_table):
-    from bidsharmony.harmonize.covbat import CovBat
+    from bidsharmony.features.covbat import CovBat
 
     return fit_quietly(CovBat(reference_site=small_table.reference_site, min_subjects_per_site=5),
                        small_table.features, small_table.covariates)
@@ -87,7 +87,7 @@ def covariance_table():
 
 @pytest.fixture(scope="session")
 def fitted_flow(small_table):
-    from bidsharmony.harmonize.scm import FlowSCMHarmonizer
+    from bidsharmony.features.flow_scm import FlowSCMHarmonizer
 
     harmonizer = FlowSCMHarmonizer(flow="quadratic-spline", random_seed=7,
                                    reference_site=small_table.reference_site, **{**FAST_FLOW, "epochs": 15})

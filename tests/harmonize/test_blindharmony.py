@@ -5,12 +5,12 @@ import pandas as pd
 import pytest
 import torch
 
-from bidsharmony.harmonize.blindharmony import (
+from bidsharmony.images.blindharmony import (
     BlindHarmony, blind_harmonize_slices, lowfrequency_replacement, normalized_cross_correlation,
 )
 from bidsharmony.harmonize.errors import HarmonizerParameterError
 from bidsharmony.harmonize.image_base import ImageHarmonizer, ImageSet
-from bidsharmony.harmonize.image_data import normalize_intensity
+from bidsharmony.images.data import normalize_intensity
 
 torch.set_num_threads(1)
 

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from bidsharmony.datasets.tabular import error_to_reference, site_prediction_accuracy
-from bidsharmony.harmonize.combat import ComBat, ComBatGAM, bspline_basis
+from bidsharmony.features.combat import ComBat, ComBatGAM, bspline_basis
 from bidsharmony.harmonize.errors import CovariateRangeError, CovariateRangeWarning
 
 from harmonize_helpers import covariate_effects, fit_quietly

@@ -11,7 +11,7 @@ import pytest
 
 from bidsharmony.datasets.tabular import make_age_spread_table
 from bidsharmony.harmonize import HARMONIZERS, get_harmonizer, load_harmonizer
-from bidsharmony.harmonize.combat_ls import ComBatLS, fit_location_scale
+from bidsharmony.features.combat_ls import ComBatLS, fit_location_scale
 
 from harmonize_helpers import fit_quietly
 

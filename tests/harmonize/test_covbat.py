@@ -12,8 +12,8 @@ import pytest
 
 from bidsharmony.datasets.tabular import error_to_reference, make_feature_table, residualize
 from bidsharmony.harmonize import get_harmonizer, load_harmonizer
-from bidsharmony.harmonize.combat import ComBat
-from bidsharmony.harmonize.covbat import CovBat
+from bidsharmony.features.combat import ComBat
+from bidsharmony.features.covbat import CovBat
 from bidsharmony.harmonize.errors import HarmonizerParameterError
 
 from harmonize_helpers import covariate_effects, fit_quietly

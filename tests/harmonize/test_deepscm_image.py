@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch")
 torch.set_num_threads(1)
 
 from bidsharmony.evaluation.images import psnr_in_mask  # noqa: E402
-from bidsharmony.harmonize.deepscm_image import (  # noqa: E402
+from bidsharmony.images.deepscm_image import (  # noqa: E402
     DeepSCMImage, dark_area, measure_volumes, plot_counterfactuals,
 )
 from bidsharmony.harmonize.image_base import ImageHarmonizer, ImageSet  # noqa: E402

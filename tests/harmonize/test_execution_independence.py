@@ -27,7 +27,7 @@ FLOW_VARIANTS = [("quadratic-spline", "elementwise"), ("linear-spline", "element
 
 @pytest.fixture(autouse=True)
 def small_chunks(monkeypatch):
-    monkeypatch.setattr("bidsharmony.harmonize.scm.harmonizer._CHUNK_ROWS", 256)
+    monkeypatch.setattr("bidsharmony.features.flow_scm.harmonizer._CHUNK_ROWS", 256)
 
 
 @pytest.fixture(scope="module")

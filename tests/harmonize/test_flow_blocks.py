@@ -5,10 +5,10 @@ import math
 import pytest
 import torch
 
-from bidsharmony.harmonize.flows import (
+from bidsharmony.flows import (
     AffineCoupling, MultiscaleFlow, SequentialFlow, ShallowUNet, SqueezeLayer, UnsqueezeLayer,
 )
-from bidsharmony.harmonize.flows.dequantization import uniform_dequantize
+from bidsharmony.flows.dequantization import uniform_dequantize
 
 torch.set_num_threads(1)
 

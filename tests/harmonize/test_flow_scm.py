@@ -23,7 +23,7 @@ from bidsharmony.harmonize.errors import (
     HarmonizerParameterError,
     UnknownSiteError,
 )
-from bidsharmony.harmonize.scm import FlowSCMHarmonizer
+from bidsharmony.features.flow_scm import FlowSCMHarmonizer
 
 from harmonize_helpers import FAST_FLOW, fit_quietly, gaussian_baseline_log_prob
 

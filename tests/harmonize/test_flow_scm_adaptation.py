@@ -13,7 +13,7 @@ import torch
 from bidsharmony.datasets.tabular import error_to_reference, make_feature_table
 from bidsharmony.harmonize import load_harmonizer
 from bidsharmony.harmonize.errors import NotEnoughSubjectsError, UnknownSiteError
-from bidsharmony.harmonize.scm import FlowSCMHarmonizer
+from bidsharmony.features.flow_scm import FlowSCMHarmonizer
 
 from harmonize_helpers import FAST_FLOW, fit_quietly
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from bidsharmony.harmonize.flows.glow import (
+from bidsharmony.flows.glow import (
     ActNorm, GlowStep, InvertibleConv1x1, RQSplineCoupling, build_nsf_glow, squeeze2d, unsqueeze2d,
 )
 

@@ -11,7 +11,7 @@ import pytest
 from bidsharmony import __version__
 from bidsharmony.harmonize import HARMONIZERS, get_harmonizer, load_harmonizer
 from bidsharmony.harmonize.base import SCHEMA_VERSION, Harmonizer
-from bidsharmony.harmonize.combat import ComBat
+from bidsharmony.features.combat import ComBat
 from bidsharmony.harmonize.errors import (
     FeatureError,
     FeatureMismatchError,

@@ -10,7 +10,7 @@ import pytest
 
 from bidsharmony.errors import EXIT_ERROR, BidsharmonyError
 from bidsharmony.harmonize import HARMONIZERS, get_harmonizer, load_harmonizer, validation
-from bidsharmony.harmonize.combat import ComBat
+from bidsharmony.features.combat import ComBat
 from bidsharmony.harmonize.errors import (
     CovariateError,
     CovariateOverlapWarning,

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from bidsharmony.harmonize.errors import HarmonizerParameterError
-from bidsharmony.harmonize.harmonizing_flows import HarmonizingFlows, augment_slices, normalize_intensity
+from bidsharmony.images.harmonizing_flows import HarmonizingFlows, augment_slices, normalize_intensity
 from bidsharmony.harmonize.image_base import ImageHarmonizer, ImageSet
 
 torch.set_num_threads(1)

@@ -7,9 +7,9 @@ import pytest
 from bidsharmony.datasets.template_space import make_template_scans
 from bidsharmony.evaluation.images import psnr_in_mask
 from bidsharmony.harmonize.errors import HarmonizerParameterError
-from bidsharmony.harmonize.histogram import HistogramMatching
+from bidsharmony.images.histogram import HistogramMatching
 from bidsharmony.harmonize.image_base import ImageHarmonizer, ImageSet, get_image_harmonizer
-from bidsharmony.harmonize.image_data import denormalize_intensity, normalize_intensity
+from bidsharmony.images.data import denormalize_intensity, normalize_intensity
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from bidsharmony.harmonize.errors import HarmonizerInputError, HarmonizerParameterError, ModelFileError
-from bidsharmony.harmonize.image_data import SliceGeometry, denormalize_intensity, normalize_intensity
+from bidsharmony.images.data import SliceGeometry, denormalize_intensity, normalize_intensity
 
 
 def _ellipsoid(shape=(20, 24, 16), centre=(9.0, 12.0, 7.0), radii=(6.0, 8.0, 5.0)):

@@ -24,11 +24,11 @@ from bidsharmony.harmonize.errors import (
     UnknownSiteError,
 )
 from bidsharmony.harmonize.names import HARMONIZERS
-from bidsharmony.harmonize.pooling import EquivariantPooling
-from bidsharmony.harmonize.pooling import groups
+from bidsharmony.features.pooling import EquivariantPooling
+from bidsharmony.features.pooling import groups
 from bidsharmony.evaluation.representation import equivariance_gap, minmax_normalize, site_adversary, site_mmd
-from bidsharmony.harmonize.pooling.networks import PoolingNetwork
-from bidsharmony.harmonize.pooling.training import rbf_mmd_between_sites, stage_one_loss
+from bidsharmony.features.pooling.networks import PoolingNetwork
+from bidsharmony.features.pooling.training import rbf_mmd_between_sites, stage_one_loss
 
 FAST = dict(epochs_stage1=40, epochs_stage2=30, min_subjects_per_site=5, num_threads=1)
 

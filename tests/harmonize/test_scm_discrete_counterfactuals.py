@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from bidsharmony.harmonize.scm import CausalGraph, FlowSCM, NodeSpec, TrainingConfig, train_scm
+from bidsharmony.scm import CausalGraph, FlowSCM, NodeSpec, TrainingConfig, train_scm
 
 INTERCEPT, PER_YEAR = -4.0, 0.06      # logit P(dx = 1 | age)
 AGE_EFFECT, DX_EFFECT = 0.01, 0.5      # per year, per diagnosis (volumes' units)

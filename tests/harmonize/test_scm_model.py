@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from bidsharmony.harmonize.scm import CausalGraph, FlowSCM, NodeSpec, TrainingConfig, train_scm
-from bidsharmony.harmonize.scm.graph import harmonization_graph
-from bidsharmony.harmonize.scm.mechanisms import CategoricalMechanism
+from bidsharmony.scm import CausalGraph, FlowSCM, NodeSpec, TrainingConfig, train_scm
+from bidsharmony.scm.graph import harmonization_graph
+from bidsharmony.scm.mechanisms import CategoricalMechanism
 
 
 def test_graph_orders_parents_first_and_rejects_cycles():
@@ -106,7 +106,7 @@ def test_counterfactual_keeps_non_descendants_and_changes_descendants():
 def test_training_keeps_the_best_validation_epoch_and_logs(caplog):
     values = _toy_values(n=400)
     scm = FlowSCM(harmonization_graph(3, 4, flow="affine"), context_hidden=(16,), context_features=8)
-    with caplog.at_level("INFO", logger="bidsharmony.harmonize.scm.training"):
+    with caplog.at_level("INFO", logger="bidsharmony.scm.training"):
         history = train_scm(scm, values, TrainingConfig(epochs=6, learning_rate=1e-3, patience=50),
                             strata=values["site"].numpy())
     lines = [r.getMessage() for r in caplog.records if "epoch" in r.getMessage() and "left" in r.getMessage()]

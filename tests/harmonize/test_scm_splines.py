@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from bidsharmony.harmonize.scm import flows, splines
+from bidsharmony.scm import flows, splines
 
 KINDS = ["linear-rational", "rational-quadratic"]
 

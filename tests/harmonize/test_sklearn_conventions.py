@@ -19,7 +19,7 @@ from sklearn.preprocessing import StandardScaler
 
 from bidsharmony.harmonize import HARMONIZERS, get_harmonizer
 from bidsharmony.harmonize.base import _jsonable, constructor_parameters
-from bidsharmony.harmonize.combat import ComBat
+from bidsharmony.features.combat import ComBat
 from bidsharmony.harmonize.errors import HarmonizerParameterError, NotFittedError
 from bidsharmony.harmonize.image_base import get_image_harmonizer
 from bidsharmony.harmonize.names import IMAGE_HARMONIZERS

@@ -59,9 +59,9 @@ import pandas as pd
 import torch
 
 from ...utils.rowwise import padded_chunks
-from .. import validation
-from ..base import Harmonizer
-from ..errors import CovariateError, HarmonizerParameterError, NotFittedError
+from ...harmonize import validation
+from ...harmonize.base import Harmonizer
+from ...harmonize.errors import CovariateError, HarmonizerParameterError, NotFittedError
 from .groups import GROUP_MAPS, covariate_group_table
 from .networks import DTYPE, VARIANTS, PoolingNetwork
 from .training import PoolingConfig, to_tensor, train_stage_one, train_stage_two

@@ -44,9 +44,9 @@ import pandas as pd
 from scipy.interpolate import BSpline
 
 from ..utils.rowwise import row_products
-from . import validation
-from .base import Harmonizer
-from .errors import CovariateError, CovariateRangeError, HarmonizerParameterError
+from ..harmonize import validation
+from ..harmonize.base import Harmonizer
+from ..harmonize.errors import CovariateError, CovariateRangeError, HarmonizerParameterError
 
 LOGGER = logging.getLogger(__name__)
 

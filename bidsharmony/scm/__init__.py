@@ -1,4 +1,7 @@
-"""Deep structural causal models with normalizing-flow mechanisms, and the flow-SCM harmonizer.
+"""Deep structural causal models with normalizing-flow mechanisms: the engine of two methods.
+
+The flow-SCM table harmonizer (:mod:`bidsharmony.features.flow_scm`) and the deep-SCM image
+harmonizer (:mod:`bidsharmony.images.deepscm_image`) both build on it.
 
 Modules, from the bottom up:
 
@@ -7,17 +10,13 @@ Modules, from the bottom up:
 * :mod:`.graph` — nodes, parents, topological order; the Table 6 harmonization graph;
 * :mod:`.mechanisms` — Gumbel-max categorical and flow mechanisms with exact abduction;
 * :mod:`.model` — :class:`FlowSCM`: log_prob, abduct, predict, counterfactual, sample;
-* :mod:`.training` — maximum-likelihood training as in Wang et al. (2021);
-* :mod:`.adaptation` — adding sites to a fitted model, only their conditioning learned;
-* :mod:`.harmonizer` — :class:`FlowSCMHarmonizer`, the common harmonizer interface.
+* :mod:`.training` — maximum-likelihood training as in Wang et al. (2021).
 
 Importing this package imports torch and nflows.
 """
 
 from .graph import CausalGraph, NodeSpec, harmonization_graph
-from .harmonizer import FlowSCMHarmonizer
 from .model import FlowSCM
 from .training import TrainingConfig, train_scm
 
-__all__ = ["CausalGraph", "FlowSCM", "FlowSCMHarmonizer", "NodeSpec", "TrainingConfig",
-           "harmonization_graph", "train_scm"]
+__all__ = ["CausalGraph", "FlowSCM", "NodeSpec", "TrainingConfig", "harmonization_graph", "train_scm"]

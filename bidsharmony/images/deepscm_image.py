@@ -7,7 +7,7 @@ Graph (the paper's brain case plus the acquisition site)::
     ventricle volume v := f_v(eps_v; a, b)     invertible explicit flow (scm/ FlowMechanism)
     image            x := h(u; g(z; a, s, b, v, t))   amortised, explicit mechanism
 
-The scalar mechanisms are the flow-SCM core's :class:`~bidsharmony.harmonize.scm.model.FlowSCM`
+The scalar mechanisms are the flow-SCM core's :class:`~bidsharmony.scm.model.FlowSCM`
 (log-scale, affine normalisation, conditional linear spline). The image mechanism is a
 conditional VAE-style decoder ``g`` (high-level noise ``z ~ N(0, I)``) whose output is the
 location and log-scale of a diagonal Gaussian ``h`` (low-level noise ``u``): ``x = loc + scale
@@ -31,8 +31,8 @@ scale of ``h`` and an auxiliary parents-only likelihood (``kl_weight``, ``min_lo
 
 What is 2D-only: the model works on ``n_slices`` axial slices through the middle of the brain
 mask (the ventricles), or the slices ``slab`` names, cropped to the brain and resampled to ``slice_size``
-(:class:`~.image_data.SliceGeometry`), intensities scaled to [0, 1] inside the brain
-(:func:`~.image_data.normalize_intensity`). A harmonized
+(:class:`~.data.SliceGeometry`), intensities scaled to [0, 1] inside the brain
+(:func:`~.data.normalize_intensity`). A harmonized
 volume is the input volume with those slices replaced inside the brain mask; every other voxel
 keeps the input's values (and units). Brain and ventricle volumes come from the covariate
 columns ``brain_volume`` / ``ventricle_volume`` when present; otherwise the brain volume is
@@ -49,9 +49,9 @@ import time
 import numpy as np
 import pandas as pd
 
-from .errors import HarmonizerInputError, HarmonizerParameterError, ModelFileError
-from .image_base import ImageHarmonizer, ImageSet, arrays_to_module, module_to_arrays
-from .image_data import SliceGeometry, denormalize_intensity, normalize_intensity
+from ..harmonize.errors import HarmonizerInputError, HarmonizerParameterError, ModelFileError
+from ..harmonize.image_base import ImageHarmonizer, ImageSet, arrays_to_module, module_to_arrays
+from .data import SliceGeometry, denormalize_intensity, normalize_intensity
 
 LOGGER = logging.getLogger("bidsharmony")
 
@@ -189,7 +189,7 @@ class DeepSCMImage(ImageHarmonizer):
         Weight of an auxiliary term: the negative log-likelihood of the image under the
         decoder at the prior mean ``z = 0``, i.e. what the parents alone predict (0: off).
     scalar_flow : str
-        Flow of the brain/ventricle mechanisms (see :mod:`bidsharmony.harmonize.scm.flows`).
+        Flow of the brain/ventricle mechanisms (see :mod:`bidsharmony.scm.flows`).
     csf_threshold : float
         Normalised-intensity threshold of the ventricle proxy when volumes are not given.
     """
@@ -240,8 +240,8 @@ class DeepSCMImage(ImageHarmonizer):
         return 4 + len(self.sites_) + 1
 
     def _build(self):
-        from .scm.graph import CausalGraph, NodeSpec
-        from .scm.model import FlowSCM
+        from ..scm.graph import CausalGraph, NodeSpec
+        from ..scm.model import FlowSCM
 
         graph = CausalGraph([
             NodeSpec("age", "continuous", log_transform=True, flow=self.scalar_flow),

@@ -38,12 +38,12 @@ class NodeSpec:
     log_transform : bool
         Continuous node modelled on the log scale (positive values, e.g. age, volumes).
     flow, architecture, num_layers
-        Mechanism of a continuous node; see :func:`~bidsharmony.harmonize.scm.flows.build_feature_flow`.
+        Mechanism of a continuous node; see :func:`~bidsharmony.scm.flows.build_feature_flow`.
     correlated : bool
         Add the unconditional copula layer (vector nodes).
     additive_parents : list of str
         Parents that act on the mechanism only additively (no interaction with the other
-        parents); see :class:`~bidsharmony.harmonize.scm.mechanisms.FlowMechanism`.
+        parents); see :class:`~bidsharmony.scm.mechanisms.FlowMechanism`.
     spline_conditioning : {"all", "discrete"}
         What the spline shapes of an element-wise flow depend on: every parent (the paper's
         conditional spline) or the discrete parents only (one spline per site x sex).

@@ -48,7 +48,7 @@ class SequentialFlow(nn.Module):
     Parameters
     ----------
     layers : iterable of nn.Module
-        Layers following the flow-layer protocol (see :mod:`bidsharmony.harmonize.flows`).
+        Layers following the flow-layer protocol (see :mod:`bidsharmony.flows`).
     """
 
     def __init__(self, layers):

@@ -25,9 +25,9 @@ import time
 import torch
 from torch import nn
 
-from ..errors import TrainingError
-from .mechanisms import CategoricalMechanism, FlowMechanism
-from .training import split_indices
+from ...harmonize.errors import TrainingError
+from ...scm.mechanisms import CategoricalMechanism, FlowMechanism
+from ...scm.training import split_indices
 
 LOGGER = logging.getLogger(__name__)
 
@@ -214,7 +214,7 @@ def fit_new_columns(scm, slots: dict, node: str, values: dict, *, epochs: int, b
     """Learn the new columns of ``slots`` by maximum likelihood of ``node`` (all else frozen).
 
     Adam with a staircase decay at 50 % and 75 % of the epochs, the best validation epoch
-    kept, as in :func:`~.training.train_scm`. The trained columns are written into ``scm``.
+    kept, as in :func:`~bidsharmony.scm.training.train_scm`. The trained columns are written into ``scm``.
 
     Returns
     -------

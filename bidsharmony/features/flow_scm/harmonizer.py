@@ -1,6 +1,6 @@
 """Counterfactual harmonization with a flow-based SCM (Wang et al. 2021) as a :class:`Harmonizer`.
 
-The model is the SCM of Table 6 (see :mod:`.graph`): sex and site are learned categorical
+The model is the SCM of Table 6 (see :mod:`bidsharmony.scm.graph`): sex and site are learned categorical
 roots, age a flow on the log scale, and the ROI features a conditional normalizing flow whose
 context network reads ``[s, a, one-hot t]``. Harmonizing a scan is a counterfactual query
 (Pawlowski et al. 2020):
@@ -12,7 +12,7 @@ context network reads ``[s, a, one-hot t]``. Harmonizing a scan is a counterfact
 
 Scans already at the reference site are returned unchanged (bit-identical). Features are
 modelled as standardised log volumes and mapped back to their units. See
-:mod:`.flows` for the two architectures: element-wise conditional splines (default; exact and
+:mod:`bidsharmony.scm.flows` for the two architectures: element-wise conditional splines (default; exact and
 fast both ways) or the paper's masked autoregressive flows.
 """
 
@@ -30,13 +30,14 @@ import pandas as pd
 import torch
 
 from ...utils.rowwise import padded_chunks
-from .. import validation
-from ..base import Harmonizer
-from ..errors import CovariateError, HarmonizerParameterError, NotEnoughSubjectsError, NotFittedError
-from . import adaptation, flows
-from .graph import CausalGraph, harmonization_graph
-from .model import DTYPE, FlowSCM
-from .training import TrainingConfig, evaluate_log_prob, seed_everything, torch_threads, train_scm
+from ...harmonize import validation
+from ...harmonize.base import Harmonizer
+from ...harmonize.errors import CovariateError, HarmonizerParameterError, NotEnoughSubjectsError, NotFittedError
+from ...scm import flows
+from ...scm.graph import CausalGraph, harmonization_graph
+from ...scm.model import DTYPE, FlowSCM
+from ...scm.training import TrainingConfig, evaluate_log_prob, seed_everything, torch_threads, train_scm
+from . import adaptation
 
 LOGGER = logging.getLogger(__name__)
 FEATURES = "x"

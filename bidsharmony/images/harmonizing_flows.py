@@ -34,10 +34,10 @@ import time
 
 import numpy as np
 
-from .errors import HarmonizerInputError, HarmonizerParameterError, TrainingError
-from .image_base import ImageHarmonizer, ImageSet, arrays_to_module, module_to_arrays
+from ..harmonize.errors import HarmonizerInputError, HarmonizerParameterError, TrainingError
+from ..harmonize.image_base import ImageHarmonizer, ImageSet, arrays_to_module, module_to_arrays
 
-from .image_data import SliceGeometry, denormalize_intensity, normalize_intensity
+from .data import SliceGeometry, denormalize_intensity, normalize_intensity
 
 LOGGER = logging.getLogger("bidsharmony")
 
@@ -125,7 +125,7 @@ def _build_harmonizer_net(base_channels: int, levels: int):
     import torch
     from torch import nn
 
-    from .flows.unet import ShallowUNet
+    from ..flows.unet import ShallowUNet
 
     class AffineHarmonizer(nn.Module):
         def __init__(self):
@@ -249,7 +249,7 @@ class HarmonizingFlows(ImageHarmonizer):
 
     # ------------------------------------------------------------------ networks
     def _build_flow(self):
-        from .flows.multiscale import MultiscaleFlow, realnvp_step_factory
+        from ..flows.multiscale import MultiscaleFlow, realnvp_step_factory
 
         factory = realnvp_step_factory(hidden_channels=(self.flow_channels, 2 * self.flow_channels))
         return MultiscaleFlow(1, self.num_scales, self.steps_per_scale, step_factory=factory)
@@ -316,7 +316,7 @@ class HarmonizingFlows(ImageHarmonizer):
         """Guided flow training (Eq. 4) on reference slices; returns per-epoch source bpd."""
         import torch
 
-        from .flows.dequantization import uniform_dequantize
+        from ..flows.dequantization import uniform_dequantize
 
         optimizer = torch.optim.Adam(self.flow_.parameters(), lr=self.learning_rate)
         # the paper halves the rate every 1/8 of its 1600 epochs; with the few steps of CPU settings

@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import HarmonizerInputError, HarmonizerParameterError
-from .image_base import ImageHarmonizer, ImageSet
+from ..harmonize.errors import HarmonizerInputError, HarmonizerParameterError
+from ..harmonize.image_base import ImageHarmonizer, ImageSet
 
 #: percentiles of the brain intensities used as landmarks: Nyúl's "deciles" configuration
 DEFAULT_LANDMARKS = (1, 10, 20, 30, 40, 50, 60, 70, 80, 90, 99)

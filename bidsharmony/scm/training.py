@@ -5,7 +5,7 @@ at 50 % and 75 % of the epochs, at least 100 epochs by default. A validation spl
 by a label, e.g. site) is held out; the weights with the best validation log-likelihood are
 kept (the paper reports the best validation log-likelihood; epoch 0, the initial weights, is a
 candidate too), optionally stopping early when it has not improved for ``patience`` epochs. One log line per epoch (loss, time left) goes to the
-``bidsharmony.harmonize.scm.training`` logger. ``nodes`` trains some mechanisms only (the
+``bidsharmony.scm.training`` logger. ``nodes`` trains some mechanisms only (the
 harmonizer trains the covariates' mechanisms first, then the features' with these settings).
 """
 
@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from ..errors import TrainingError
+from ..harmonize.errors import TrainingError
 
 LOGGER = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ BlindHarmony (Jeong et al., ICCV 2023) models the reference site's slices with a
 multi-scale flow whose steps are: actnorm, invertible 1×1 convolution, rational-quadratic
 (RQ) spline coupling and another 1×1 convolution (the paper uses 4 levels × 7 steps and three
 residual blocks with batch normalisation in each spline conditioner). Every layer follows the
-flow-layer protocol of :mod:`bidsharmony.harmonize.flows`::
+flow-layer protocol of :mod:`bidsharmony.flows`::
 
     y, logdet = layer(x)            # logdet: one value per sample, log|det dy/dx|
     x = layer.inverse(y)

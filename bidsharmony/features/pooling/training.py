@@ -22,7 +22,7 @@ depend on the batch size. Appendix A.7 (Adult) weights are 1.0 / 0.02 (stage one
 the equivariance, prediction and stage-two reconstruction terms but use 1.0 for the stage-one
 reconstruction and for the MMD (see :class:`~.harmonizer.EquivariantPooling` for why).
 
-Every epoch logs one line per stage to the ``bidsharmony.harmonize.pooling.training`` logger.
+Every epoch logs one line per stage to the ``bidsharmony.features.pooling.training`` logger.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import TrainingError
+from ...harmonize.errors import TrainingError
 from .networks import DTYPE, PoolingNetwork
 
 LOGGER = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import HarmonizerInputError, HarmonizerParameterError, ModelFileError
+from ..harmonize.errors import HarmonizerInputError, HarmonizerParameterError, ModelFileError
 
 #: robust range used by every image harmonizer: 0.5th and 99.5th percentile inside the brain
 DEFAULT_PERCENTILES = (0.5, 99.5)

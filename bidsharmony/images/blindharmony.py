@@ -2,7 +2,7 @@
 
 Jeong et al., "BlindHarmony: 'Blind' Harmonization for MR Images via Flow Model", ICCV 2023.
 
-A normalizing flow (NSF-Glow, :mod:`bidsharmony.harmonize.flows.glow`) learns the density of
+A normalizing flow (NSF-Glow, :mod:`bidsharmony.flows.glow`) learns the density of
 the reference site's 2D slices. A slice ``x_s`` of any other site — also one never seen during
 fitting, since the method never needs its data — is harmonized by Algorithm 1 of the paper,
 starting from the mean training slice ``x_0`` and alternating, for ``N`` iterations::
@@ -21,8 +21,8 @@ CPU slices), and each iterate is clipped to the normalised range [0, 1] (without
 voxels whose latents leave the training distribution were amplified by ``f^-1`` to ~20×).
 
 Intensity units: slices are normalised to [0, 1] inside the brain (robust 0.5–99.5 percentiles
-per volume, :func:`~.image_data.normalize_intensity`) and cut by a
-:class:`~.image_data.SliceGeometry`. The harmonized volume is expressed in the reference site's units by mapping [0, 1]
+per volume, :func:`~.data.normalize_intensity`) and cut by a
+:class:`~.data.SliceGeometry`. The harmonized volume is expressed in the reference site's units by mapping [0, 1]
 back with the median percentile scale of the reference scans seen in fit. Only the correction
 ``x_h - x_s`` is resampled back from the slice grid to the volume, so no resolution is lost;
 voxels outside the brain mask keep their input values.
@@ -36,9 +36,9 @@ import time
 
 import numpy as np
 
-from .errors import HarmonizerInputError, HarmonizerParameterError
-from .image_base import ImageHarmonizer, ImageSet, arrays_to_module, module_to_arrays
-from .image_data import SliceGeometry, denormalize_intensity, normalize_intensity
+from ..harmonize.errors import HarmonizerInputError, HarmonizerParameterError
+from ..harmonize.image_base import ImageHarmonizer, ImageSet, arrays_to_module, module_to_arrays
+from .data import SliceGeometry, denormalize_intensity, normalize_intensity
 
 LOGGER = logging.getLogger("bidsharmony")
 
@@ -204,7 +204,7 @@ class BlindHarmony(ImageHarmonizer):
         self.num_iterations, self.edge_quantile = int(num_iterations), float(edge_quantile)
 
     def _build_flow(self):
-        from .flows.glow import build_nsf_glow
+        from ..flows.glow import build_nsf_glow
 
         return build_nsf_glow(1, self.levels, self.steps_per_level, self.hidden_channels, self.num_blocks,
                               self.num_bins, self.tail_bound, self.random_seed)
@@ -263,7 +263,7 @@ class BlindHarmony(ImageHarmonizer):
                 total += float(loss.detach()) * len(batch)
             bits = total / len(data) / math.log(2)
             if not math.isfinite(bits):
-                from .errors import TrainingError
+                from ..harmonize.errors import TrainingError
 
                 raise TrainingError(f"BlindHarmony flow diverged at epoch {epoch + 1}; lower learning_rate")
             self.history_.append(bits)

@@ -27,9 +27,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..utils.rowwise import row_products
-from . import validation
+from ..harmonize import validation
 from .combat import ComBat
-from .errors import CovariateError
+from ..harmonize.errors import CovariateError
 
 #: E[log chi2_1]: log(e^2) underestimates log var(e) by this on average (the start value only)
 _LOG_CHI2_MEAN = -1.2703628454614782

@@ -177,7 +177,7 @@ class FlowMechanism(Mechanism):
     context_features : int
         Width of the context embedding fed to the flow.
     hidden_features, num_bins, tail_bound
-        Flow settings, see :func:`~bidsharmony.harmonize.scm.flows.build_feature_flow`.
+        Flow settings, see :func:`~bidsharmony.scm.flows.build_feature_flow`.
     """
 
     def __init__(self, spec: NodeSpec, parent_widths: dict, *, discrete_parents=(),

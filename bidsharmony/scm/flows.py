@@ -37,7 +37,7 @@ from nflows.transforms import made as made_module
 from nflows.transforms.base import CompositeTransform, Transform
 from nflows.transforms.permutations import ReversePermutation
 
-from ...utils.rowwise import padded_chunks
+from ..utils.rowwise import padded_chunks
 from . import kernels, splines
 
 FLOWS = ("affine", "linear-spline", "quadratic-spline")

@@ -1,6 +1,6 @@
 """CovBat: ComBat, then harmonization of the residuals' covariance (Chen et al. 2022).
 
-ComBat (:class:`~bidsharmony.harmonize.combat.ComBat`) removes each site's mean and
+ComBat (:class:`~bidsharmony.features.combat.ComBat`) removes each site's mean and
 variance per feature, but leaves the sites' *covariances* different — which matters to any
 multivariate analysis (classifiers, networks, distances between brains). CovBat (Chen et al.,
 "Mitigating site effects in covariance for machine learning in neuroimaging data", Human Brain
@@ -39,9 +39,9 @@ import logging
 import numpy as np
 
 from ..utils.rowwise import row_products
-from . import validation
+from ..harmonize import validation
 from .combat import ComBat
-from .errors import HarmonizerParameterError
+from ..harmonize.errors import HarmonizerParameterError
 
 LOGGER = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ class CovBat(ComBat):
         Site every site is mapped to, means, variances and leading-component score
         distributions alike; its rows are returned unchanged. ``None``: the pooled targets.
     empirical_bayes, log_features, extra_covariates, min_subjects_per_site, sex_coding, random_seed
-        As in :class:`~bidsharmony.harmonize.combat.ComBat` (``empirical_bayes`` applies to
+        As in :class:`~bidsharmony.features.combat.ComBat` (``empirical_bayes`` applies to
         the ComBat step; ``log_features=True`` by default: the residuals are those of
         ``log(x)`` and every output is positive).
     """
