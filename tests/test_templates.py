@@ -16,6 +16,7 @@ import pytest
 from bidsharmony import templates as T
 from bidsharmony.errors import InputDataError, MissingInputError, UsageError
 from bidsharmony.morphometry import GLOBAL_MEASURES, feature_columns, read_label_table
+from bidsharmony.templates import cache as template_cache
 
 SYM = T.TEMPLATE_SYM
 
@@ -134,7 +135,7 @@ def test_read_only_cache_lacking_a_resolution_names_the_fix(tmp_path, monkeypatc
     def read_only(path, *args, **kwargs):
         raise OSError(errno.EROFS, "Read-only file system", str(path))
 
-    monkeypatch.setattr(T, "_save_nifti", read_only)
+    monkeypatch.setattr(template_cache, "_save_nifti", read_only)
     T.ensure_offline_cache(home, resolutions=(4,))  # complete: nothing to write, no error
     with pytest.raises(MissingInputError) as exc:
         T.ensure_offline_cache(home, resolutions=(3,))
@@ -145,7 +146,7 @@ def test_read_only_cache_lacking_a_resolution_names_the_fix(tmp_path, monkeypatc
     def disk_full(path, *args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
-    monkeypatch.setattr(T, "_save_nifti", disk_full)
+    monkeypatch.setattr(template_cache, "_save_nifti", disk_full)
     with pytest.raises(OSError, match="No space left"):  # other failures are not disguised
         T.ensure_offline_cache(home, resolutions=(2,))
 
