@@ -1,0 +1,7 @@
+"""``python -m bidsharmony.datasets.synthetic OUT``."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
