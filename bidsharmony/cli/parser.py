@@ -99,6 +99,16 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    _add_positional_and_general(parser)
+    _add_bids_options(parser)
+    _add_execution_options(parser)
+    _add_participant_options(parser)
+    _add_group_options(parser)
+    return parser
+
+
+def _add_positional_and_general(parser: argparse.ArgumentParser) -> None:
+    """The three BIDS-App positional arguments, --version and --verbose."""
     parser.add_argument(
         "bids_dir", type=Path,
         help="the root folder of a BIDS dataset (read only); for the group level on tables given "
@@ -116,6 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="more log output (repeat for more)",
     )
 
+
+def _add_bids_options(parser: argparse.ArgumentParser) -> None:
+    """Which subjects, sessions and files of the BIDS dataset are read."""
     bids = parser.add_argument_group("Selecting the data")
     bids.add_argument(
         "--participant-label", "--participant_label", nargs="+", type=_label, default=[],
@@ -134,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--skip-bids-validation", action="store_true", help="do not validate the input dataset"
     )
 
+
+def _add_execution_options(parser: argparse.ArgumentParser) -> None:
+    """Work folder, processes, threads, memory, plugin and seed."""
     perf = parser.add_argument_group("Resources and execution")
     perf.add_argument("-w", "--work-dir", type=Path, help="Nipype work folder (re-runs resume from it); default: <output_dir>/work")
     perf.add_argument("--nprocs", "--nthreads", type=_positive_int,
@@ -150,6 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="seeds Python, NumPy, torch and ANTs; recorded in every sidecar",
     )
 
+
+def _add_participant_options(parser: argparse.ArgumentParser) -> None:
+    """Template, atlas, registration, brain extraction, QC and reused derivatives."""
     anat = parser.add_argument_group("Participant level")
     anat.add_argument(
         "--output-spaces", "--template", dest="output_spaces", nargs="+",
@@ -194,6 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
         "cache filled from data shipped in installed packages)",
     )
 
+
+def _add_group_options(parser: argparse.ArgumentParser) -> None:
+    """Sites, harmonizers and their settings, inputs, saved models and evaluation."""
     group = parser.add_argument_group("Group level")
     group.add_argument(
         "--site-column",
@@ -260,7 +282,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--evaluate", action="store_true",
         help="compare the harmonizers leakage-safely (cross-validated) and write an HTML report",
     )
-    return parser
 
 
 def parse_args(argv: list[str] | None = None) -> Config:

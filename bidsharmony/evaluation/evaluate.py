@@ -216,13 +216,81 @@ def evaluate_harmonizers(features: pd.DataFrame, covariates: pd.DataFrame, harmo
     started_all = time.perf_counter()
     check_tables(features, covariates)
     truth = _check_truth(truth, features)
+    metrics = _check_options(metrics, on_error)
+    specs = as_mapping(harmonizers)
+    factories, methods, raw_name, include_raw = _methods(specs, include_raw, raw_name)
+    folds = make_folds(covariates, n_splits, groups=groups, seed=seed)
+    sites = site_labels(covariates).astype(str)
+    if reference_site is None:
+        reference_site = _largest_site(sites)
+    mask_columns = default_mask_columns(covariates, diagnosis_column) if mask_target_in_transform else ()
+    mlp = dict(mlp_epochs=mlp_epochs, n_threads=n_threads, mlp_params=mlp_params)
+
+    warning_list = design_warnings(covariates, min_site_size=min_site_size, groups=groups,
+                                   diagnosis_column=diagnosis_column)
+    fitted = _FoldTables()
+    for method in methods:
+        factory = None if method == raw_name else factories[method]
+        fold_data = _fit_in_folds(method, factory, features, covariates, folds, fitted, warning_list,
+                                  mask_columns=mask_columns, keep_models=keep_models, on_error=on_error)
+        if fold_data is None:
+            continue
+        if "site" in metrics:
+            summary, per_fold = site_predictability_from_folds(fold_data, covariates, method=method,
+                                                               classifier=site_classifier, seed=seed,
+                                                               adjust_for=site_adjust_for,
+                                                               diagnosis_column=diagnosis_column, **mlp)
+            fitted.site_rows.append(summary)
+            fitted.site_folds.append(per_fold)
+        if "cross_site" in metrics and AGE in covariates.columns:
+            fitted.cross_parts.append(cross_site_from_folds(
+                fold_data, covariates, method=method, predictor=predictor, sources=cross_site_sources,
+                diagnosis_column=diagnosis_column, use_masked=bool(mask_columns) and factory is not None,
+                seed=seed, **mlp))
+    methods = [m for m in methods if m not in fitted.failed]
+
+    described = _describe_cross_fitted(
+        fitted.harmonized, methods, features, covariates, truth, metrics, raw_name=raw_name,
+        include_raw=include_raw, groups=groups, reference_site=reference_site,
+        mmd_max_per_site=mmd_max_per_site, site_adjust_for=site_adjust_for,
+        diagnosis_column=diagnosis_column, seed=seed)
+    cross_folds = _stack(fitted.cross_parts)
+    cross = summarize_cross_site(cross_folds, raw_method=raw_name if raw_name in methods else None) \
+        if len(cross_folds) else pd.DataFrame(columns=["method"])
+    site_rows = fitted.site_rows
+    results = EvaluationResults(
+        methods=methods, raw_method=raw_name if raw_name in methods else None,
+        summary=pd.DataFrame(),
+        site_predictability=pd.DataFrame(site_rows) if site_rows else pd.DataFrame(columns=["method"]),
+        site_predictability_folds=_stack(fitted.site_folds), cross_site=cross, cross_site_folds=cross_folds,
+        **{name: _stack(parts) for name, parts in described.items()},
+        log_likelihood=_stack([pd.DataFrame(fitted.ll_rows)]), fit_log=_stack([pd.DataFrame(fitted.fit_rows)]),
+        sites=site_table(covariates, groups, diagnosis_column), warnings=warning_list,
+        harmonized=fitted.harmonized, features=features, covariates=covariates, truth=truth, folds=folds,
+        failed=fitted.failed, models=fitted.models,
+        config=_config(specs, features, sites, metrics, n_splits=n_splits, seed=seed,
+                       site_classifier=site_classifier, site_adjust_for=site_adjust_for,
+                       predictor=predictor, mlp_epochs=mlp_epochs, diagnosis_column=diagnosis_column,
+                       reference_site=reference_site, mask_target_in_transform=mask_target_in_transform),
+    )
+    results.summary = summarize(results)
+    results.config["seconds"] = round(time.perf_counter() - started_all, 2)
+    return results
+
+
+def _check_options(metrics, on_error: str) -> tuple:
+    """The metrics asked for, as a tuple; refuse an unknown metric or ``on_error``."""
     metrics = tuple(metrics)
     unknown = sorted(set(metrics) - set(ALL_METRICS))
     if unknown:
         raise EvaluationUsageError(f"unknown metric(s) {', '.join(unknown)}; choose from {', '.join(ALL_METRICS)}")
     if on_error not in ("raise", "warn"):
         raise EvaluationUsageError("on_error must be 'raise' or 'warn'")
-    specs = as_mapping(harmonizers)
+    return metrics
+
+
+def _methods(specs: dict, include_raw: bool, raw_name: str) -> tuple[dict, list, str, bool]:
+    """``(factories, methods, raw_name, include_raw)``: a ``None`` spec names the raw features."""
     factories = {}
     for name, spec in specs.items():
         factories[name] = as_factory(spec)
@@ -235,57 +303,66 @@ def evaluate_harmonizers(features: pd.DataFrame, covariates: pd.DataFrame, harmo
     methods = ([raw_name] if include_raw else []) + [n for n, f in factories.items() if f is not None]
     if not methods:
         raise EvaluationUsageError("nothing to evaluate: give at least one harmonizer or include_raw=True")
-    folds = make_folds(covariates, n_splits, groups=groups, seed=seed)
-    sites = site_labels(covariates).astype(str)
-    if reference_site is None:
-        labels, counts = np.unique(sites, return_counts=True)
-        reference_site = sorted(labels, key=lambda s: (-counts[list(labels).index(s)], s))[0]
-    mask_columns = default_mask_columns(covariates, diagnosis_column) if mask_target_in_transform else ()
-    mlp = dict(mlp_epochs=mlp_epochs, n_threads=n_threads, mlp_params=mlp_params)
+    return factories, methods, raw_name, include_raw
 
-    warning_list = design_warnings(covariates, min_site_size=min_site_size, groups=groups,
-                                   diagnosis_column=diagnosis_column)
-    failed, harmonized, models = {}, {}, {}
-    site_rows, site_folds, cross_parts, fit_rows, ll_rows = [], [], [], [], []
-    for method in methods:
-        factory = None if method == raw_name else factories[method]
-        LOGGER.info("evaluating %s: fitting in %d folds", method, len(folds))
-        try:
-            fold_data = harmonize_in_folds(features, covariates, factory, folds, mask_columns=mask_columns
-                                           if factory is not None else (), keep_models=keep_models)
-        except Exception as error:  # noqa: BLE001 - reported per method when on_error="warn"
-            if on_error == "raise":
-                raise
-            message = f"{type(error).__name__}: {error}"
-            failed[method] = message
-            warning_list.append({"code": "harmonizer_failed", "sites": "", "message":
-                                 f"Harmonizer {method} failed and is left out of the comparison ({message})."})
-            LOGGER.warning("harmonizer %s failed: %s", method, message)
-            continue
-        if keep_models:
-            models[method] = [fd.harmonizer for fd in fold_data]
-        for fd in fold_data:
-            fit_rows.append({"method": method, "fold": fd.fold.index, "n_train": len(fd.fold.train),
-                             "n_test": len(fd.fold.test), "fit_seconds": fd.fit_seconds,
-                             "transform_seconds": fd.transform_seconds})
-            ll_rows.append({"method": method, "fold": fd.fold.index, "log_likelihood_train": fd.log_likelihood_train,
-                            "log_likelihood_test": fd.log_likelihood_test})
-        harmonized[method] = cross_fit(fold_data, features)
-        if "site" in metrics:
-            summary, per_fold = site_predictability_from_folds(fold_data, covariates, method=method,
-                                                               classifier=site_classifier, seed=seed,
-                                                               adjust_for=site_adjust_for,
-                                                               diagnosis_column=diagnosis_column, **mlp)
-            site_rows.append(summary)
-            site_folds.append(per_fold)
-        if "cross_site" in metrics and AGE in covariates.columns:
-            cross_parts.append(cross_site_from_folds(
-                fold_data, covariates, method=method, predictor=predictor, sources=cross_site_sources,
-                diagnosis_column=diagnosis_column, use_masked=bool(mask_columns) and factory is not None,
-                seed=seed, **mlp))
-    methods = [m for m in methods if m not in failed]
 
-    # descriptive metrics on the cross-fitted tables
+def _largest_site(sites: np.ndarray) -> str:
+    """The site with the most scans (ties: the first name), the default MMD reference."""
+    labels, counts = np.unique(sites, return_counts=True)
+    return sorted(labels, key=lambda s: (-counts[list(labels).index(s)], s))[0]
+
+
+@dataclass
+class _FoldTables:
+    """What fitting every method in the folds gathers, method by method."""
+
+    failed: dict = field(default_factory=dict)
+    harmonized: dict = field(default_factory=dict)
+    models: dict = field(default_factory=dict)
+    site_rows: list = field(default_factory=list)
+    site_folds: list = field(default_factory=list)
+    cross_parts: list = field(default_factory=list)
+    fit_rows: list = field(default_factory=list)
+    ll_rows: list = field(default_factory=list)
+
+
+def _fit_in_folds(method: str, factory, features, covariates, folds, fitted: _FoldTables, warning_list: list, *,
+                  mask_columns, keep_models: bool, on_error: str):
+    """Fit ``method`` in every training fold and record its fit log and cross-fitted table.
+
+    Returns the per-fold data, or None when the method failed and ``on_error`` is "warn"
+    (the failure is then recorded in ``fitted.failed`` and ``warning_list``).
+    """
+    LOGGER.info("evaluating %s: fitting in %d folds", method, len(folds))
+    try:
+        fold_data = harmonize_in_folds(features, covariates, factory, folds, mask_columns=mask_columns
+                                       if factory is not None else (), keep_models=keep_models)
+    except Exception as error:  # noqa: BLE001 - reported per method when on_error="warn"
+        if on_error == "raise":
+            raise
+        message = f"{type(error).__name__}: {error}"
+        fitted.failed[method] = message
+        warning_list.append({"code": "harmonizer_failed", "sites": "", "message":
+                             f"Harmonizer {method} failed and is left out of the comparison ({message})."})
+        LOGGER.warning("harmonizer %s failed: %s", method, message)
+        return None
+    if keep_models:
+        fitted.models[method] = [fd.harmonizer for fd in fold_data]
+    for fd in fold_data:
+        fitted.fit_rows.append({"method": method, "fold": fd.fold.index, "n_train": len(fd.fold.train),
+                                "n_test": len(fd.fold.test), "fit_seconds": fd.fit_seconds,
+                                "transform_seconds": fd.transform_seconds})
+        fitted.ll_rows.append({"method": method, "fold": fd.fold.index,
+                               "log_likelihood_train": fd.log_likelihood_train,
+                               "log_likelihood_test": fd.log_likelihood_test})
+    fitted.harmonized[method] = cross_fit(fold_data, features)
+    return fold_data
+
+
+def _describe_cross_fitted(harmonized: dict, methods: list, features, covariates, truth, metrics, *,
+                           raw_name: str, include_raw: bool, groups, reference_site, mmd_max_per_site: int,
+                           site_adjust_for, diagnosis_column, seed: int) -> dict:
+    """The descriptive metrics of the cross-fitted tables: ``{result table: [parts]}``."""
     effect_tables, agreement_rows, truth_rows, icc_rows, mmd_rows = [], [], [], [], []
     raw_effects = truth_effects = None
     if "biology" in metrics:
@@ -311,43 +388,35 @@ def evaluate_harmonizers(features: pd.DataFrame, covariates: pd.DataFrame, harmo
             mmd_rows.append(site_mmd(table, covariates, reference_site=reference_site,
                                      max_per_site=mmd_max_per_site, adjust_for=site_adjust_for,
                                      diagnosis_column=diagnosis_column, seed=seed).assign(method=method))
+    return {"effect_sizes": effect_tables, "effect_agreement": agreement_rows, "truth_error": truth_rows,
+            "icc": icc_rows, "mmd": mmd_rows}
 
-    def stack(parts, first=("method",)):
-        parts = [p for p in parts if p is not None and len(p)]
-        if not parts:
-            return pd.DataFrame(columns=list(first))
-        table = pd.concat(parts, ignore_index=True)
-        return table[list(first) + [c for c in table.columns if c not in first]]
 
-    cross_folds = stack(cross_parts)
-    cross = summarize_cross_site(cross_folds, raw_method=raw_name if raw_name in methods else None) \
-        if len(cross_folds) else pd.DataFrame(columns=["method"])
-    results = EvaluationResults(
-        methods=methods, raw_method=raw_name if raw_name in methods else None,
-        summary=pd.DataFrame(),
-        site_predictability=pd.DataFrame(site_rows) if site_rows else pd.DataFrame(columns=["method"]),
-        site_predictability_folds=stack(site_folds), cross_site=cross, cross_site_folds=cross_folds,
-        effect_sizes=stack(effect_tables), effect_agreement=stack(agreement_rows), truth_error=stack(truth_rows),
-        icc=stack(icc_rows), mmd=stack(mmd_rows), log_likelihood=stack([pd.DataFrame(ll_rows)]),
-        fit_log=stack([pd.DataFrame(fit_rows)]),
-        sites=site_table(covariates, groups, diagnosis_column), warnings=warning_list, harmonized=harmonized,
-        features=features, covariates=covariates, truth=truth, folds=folds, failed=failed, models=models,
-        config={"n_splits": n_splits, "seed": seed, "metrics": list(metrics),
-                "site_classifier": str(site_classifier),
-                "site_adjust_for": ",".join(site_adjust_for or ()) or "nothing", "predictor": str(predictor),
-                "mlp_epochs": mlp_epochs,
-                "diagnosis_column": diagnosis_column, "reference_site": reference_site,
-                "mask_target_in_transform": mask_target_in_transform, "n_scans": int(len(features)),
-                "n_features": int(features.shape[1]), "n_sites": int(len(set(sites))),
-                "harmonizers": {n: (s if isinstance(s, str) or s is None else type(s).__name__
-                                    if not callable(s) else getattr(s, "__name__", type(s).__name__))
-                                for n, s in specs.items()},
-                "chance_level": "balanced accuracy, analytic 1/k", "icc": "ICC(2,1) absolute agreement",
-                "mmd": "unbiased MMD², RBF kernel, median-heuristic bandwidth, z-scored features"},
-    )
-    results.summary = summarize(results)
-    results.config["seconds"] = round(time.perf_counter() - started_all, 2)
-    return results
+def _stack(parts, first=("method",)) -> pd.DataFrame:
+    """Concatenate the non-empty tables of ``parts``, ``first`` columns first."""
+    parts = [p for p in parts if p is not None and len(p)]
+    if not parts:
+        return pd.DataFrame(columns=list(first))
+    table = pd.concat(parts, ignore_index=True)
+    return table[list(first) + [c for c in table.columns if c not in first]]
+
+
+def _config(specs: dict, features, sites, metrics, *, n_splits: int, seed: int, site_classifier,
+            site_adjust_for, predictor, mlp_epochs: int, diagnosis_column, reference_site,
+            mask_target_in_transform: bool) -> dict:
+    """The settings of one evaluation, as recorded in ``results.config`` and the report."""
+    return {"n_splits": n_splits, "seed": seed, "metrics": list(metrics),
+            "site_classifier": str(site_classifier),
+            "site_adjust_for": ",".join(site_adjust_for or ()) or "nothing", "predictor": str(predictor),
+            "mlp_epochs": mlp_epochs,
+            "diagnosis_column": diagnosis_column, "reference_site": reference_site,
+            "mask_target_in_transform": mask_target_in_transform, "n_scans": int(len(features)),
+            "n_features": int(features.shape[1]), "n_sites": int(len(set(sites))),
+            "harmonizers": {n: (s if isinstance(s, str) or s is None else type(s).__name__
+                                if not callable(s) else getattr(s, "__name__", type(s).__name__))
+                            for n, s in specs.items()},
+            "chance_level": "balanced accuracy, analytic 1/k", "icc": "ICC(2,1) absolute agreement",
+            "mmd": "unbiased MMD², RBF kernel, median-heuristic bandwidth, z-scored features"}
 
 
 def summarize(results: EvaluationResults) -> pd.DataFrame:

@@ -512,137 +512,201 @@ def write_group_report(results, out_dir, *, rois=None, max_rois: int = 3, filena
     writer = _FigureWriter(out_dir, figure_dir, dpi, formats)
     chosen = _choose_rois(results, rois, max_rois)
     cfg = results.config
-    n_participants = int(results.sites["n_participants"].sum()) if "n_participants" in results.sites else None
-    methods_text = ", ".join(f"<b>{_esc(m)}</b>" for m in results.methods if m != results.raw_method) or "none"
-
     adjusted = _esc(str(cfg.get("site_adjust_for", "nothing")).replace(",", ", "))
-    sections = []
-    sections.append(
+    sections = [
+        _intro_section(results),
+        _protected_section(protected),
+        _failed_section(results),
+        _glance_section(results),
+        _design_section(results, writer),
+        _summary_section(results),
+        _site_section(results, writer, adjusted),
+        _mmd_section(results, writer, adjusted),
+        _cross_site_section(results, writer),
+        _distributions_section(results, writer, chosen, user_chosen=bool(rois)),
+        _biology_section(results, writer),
+        _truth_section(results),
+        _icc_section(results, writer),
+        _loglik_table(results),
+        _settings_section(cfg),
+    ]
+    return atomic_write_text(out_dir / filename, _page(title, [s for s in sections if s]))
+
+
+def _intro_section(results) -> str:
+    """What was compared, and how the folds keep every number leakage-free."""
+    cfg = results.config
+    methods_text = ", ".join(f"<b>{_esc(m)}</b>" for m in results.methods if m != results.raw_method) or "none"
+    return (
         f"<p>{cfg.get('n_scans')} scans of {cfg.get('n_features')} features from {cfg.get('n_sites')} sites were "
         f"used to compare the raw data with: {methods_text}. Every number below was computed on data the "
         f"harmonizer had <b>not</b> been fitted on: the scans were split into {cfg.get('n_splits')} folds (all scans "
         "of a participant in the same fold, every site in every fold); in each fold a fresh harmonizer was fitted on "
         "the training scans only and then applied to the held-out scans. Harmonizing the whole data set before "
         "splitting would let test scans leak into the correction (Marzi et al., Sci Data 2024).</p>")
+
+
+def _protected_section(protected) -> str:
+    """Which effects every method kept, and why an undeclared one cannot be."""
     kept = ", ".join(f"<b>{_esc(c)}</b>" for c in (protected or {}))
-    sections.append(
+    return (
         "<p class='note'>Kept in every method's model: age, sex"
         + (f" and the protected covariate(s) {kept}" if kept else "") + ". An effect that is not declared "
         "and differs between sites — a disease more common at one site, say — cannot be told apart from the "
         "site effect: every method removes part of it. Declare such a column with <code>--protect</code>"
         + (" (done here for the columns above)." if kept else ".") + "</p>")
-    if results.failed:
-        sections.append("".join(f"<div class='err'><b>{_esc(m)} failed</b>: {_esc(msg)}</div>"
-                                for m, msg in results.failed.items()))
-    glance = _glance(results)
-    if glance:
-        sections.append("<h2 id='glance'>At a glance</h2>" + glance)
 
-    # warnings and design
+
+def _failed_section(results) -> str:
+    return "".join(f"<div class='err'><b>{_esc(m)} failed</b>: {_esc(msg)}</div>"
+                   for m, msg in results.failed.items())
+
+
+def _glance_section(results) -> str:
+    glance = _glance(results)
+    return "<h2 id='glance'>At a glance</h2>" + glance if glance else ""
+
+
+def _design_section(results, writer) -> str:
+    """The design warnings, the table of sites and the design figure."""
     warn_html = "".join(f"<div class='warn'>{_esc(w['message'])}</div>" for w in results.warnings
                         if w.get("code") != "harmonizer_failed")
     site_headers = {"n_scans": "scans", "n_participants": "participants", "age_min": "age min", "age_max": "age max",
                     "age_mean": "age mean", "age_sd": "age SD", "n_female": "female", "n_male": "male",
                     "diagnosis_counts": "diagnosis"}
-    sections.append("<h2 id='design'>Data and warnings</h2>"
-                    + (warn_html or "<div class='ok'>No design problems found (site sizes, age overlap, sex and "
-                       "diagnosis coverage).</div>")
-                    + _table(results.sites, site_headers, left=("site", "diagnosis_counts"), digits=1)
-                    + _fig_design(results, writer))
+    return ("<h2 id='design'>Data and warnings</h2>"
+            + (warn_html or "<div class='ok'>No design problems found (site sizes, age overlap, sex and "
+               "diagnosis coverage).</div>")
+            + _table(results.sites, site_headers, left=("site", "diagnosis_counts"), digits=1)
+            + _fig_design(results, writer))
 
-    # summary table, transposed: one row per metric, one column per method
-    if len(results.summary):
-        from ..evaluation.evaluate import SUMMARY_COLUMNS
 
-        summary = results.summary.set_index("method")
-        rows = []
-        for column in summary.columns:
-            values = summary[column]
-            if values.isna().all():
-                continue
-            label, better = SUMMARY_COLUMNS.get(column, (column, ""))
-            rows.append({"metric": label, "better is": better, **{m: values[m] for m in summary.index}})
-        table = pd.DataFrame(rows)
-        headers = {m: _method_label(results, m) if m != "TarOnly" else "TarOnly (cross-site upper bound)"
-                   for m in summary.index}
-        sections.append("<h2 id='summary'>Comparison table</h2><p class='note'>One column per method, one row per "
-                        "headline number; a dash means the metric does not apply. Each is explained in the "
-                        "sections below.</p>" + _table(table, headers, left=("metric", "better is")))
+def _summary_section(results) -> str:
+    """The summary table, transposed: one row per metric, one column per method."""
+    if not len(results.summary):
+        return ""
+    from ..evaluation.evaluate import SUMMARY_COLUMNS
 
-    if len(results.site_predictability):
-        sections.append(
-            "<h2 id='site'>Can the site still be recognised?</h2><p class='note'>A classifier "
-            f"({_esc(cfg.get('site_classifier'))}) learns to predict the site from all features, after the effects of "
-            f"{adjusted} were removed (learnt on the training folds), so that a site is "
-            "not recognised merely by the age of its participants. Balanced accuracy "
-            "averages the hit rate of every site, so its chance level is exactly 1/(number of sites) whatever the "
-            "site sizes; the grey band is the range a classifier that only guesses would reach 95% of the time.</p>"
-            + _fig_site_predictability(results, writer))
-    if len(results.mmd):
-        sections.append("<h2 id='mmd'>Do the feature distributions of the sites match?</h2><p class='note'>The "
-                        "maximum mean discrepancy (MMD², unbiased, Gaussian kernel with the median-distance "
-                        "bandwidth) compares all features of two sites at once, after removing the effects of "
-                        f"{adjusted} and scaling every feature to unit variance.</p>"
-                        + _fig_mmd(results, writer))
-    if len(results.cross_site):
-        masked = cfg.get("mask_target_in_transform")
-        sections.append(
-            "<h2 id='cross'>Does a model trained at one site work at another?</h2><p class='note'>Following Wang et "
-            f"al. (2021), a predictor ({_esc(cfg.get('predictor'))}; the MLP is 72→36 hidden units with LeakyReLU) is "
-            "trained on one source site and tested on each other site. <b>SrcOnly</b> uses the raw features (lower "
-            "bound); <b>TarOnly</b> trains and tests within the target site (upper bound). A good harmonization "
-            "moves the cross-site result from SrcOnly towards TarOnly. "
-            + ("The age/diagnosis of test scans was hidden from the harmonizer while transforming them."
-               if masked else "As in the paper, harmonizers received the true age/diagnosis of test scans when "
-               "transforming them; methods that model these covariates can pass some of that information into the "
-               "features.") + "</p>" + _fig_cross_site(results, writer) + _cross_site_table(results))
-    if chosen:
-        sections.append("<h2 id='distributions'>Feature distributions by site</h2><p class='note'>Features shown: "
-                        + ", ".join(f"<code>{_esc(r)}</code>" for r in chosen)
-                        + (" (chosen by the user)." if rois else " (the features whose raw values differ most "
-                           "between sites).") + "</p>" + _fig_distributions(results, writer, chosen))
-    if len(results.effect_sizes):
-        agreement = results.effect_agreement
-        cols = [c for c in ("method", "term", "n_features", "r_vs_raw", "mean_abs_diff_vs_raw", "r_vs_truth",
-                            "mean_abs_diff_vs_truth") if c in agreement.columns]
-        headers = {"r_vs_raw": "r with raw", "mean_abs_diff_vs_raw": "mean |difference| to raw",
-                   "r_vs_truth": "r with truth", "mean_abs_diff_vs_truth": "mean |difference| to truth",
-                   "n_features": "features"}
-        sections.append(
-            "<h2 id='biology'>Is the biology kept?</h2><p class='note'>For every feature a linear model "
-            "feature ~ age + sex (+ diagnosis) gives the association of each covariate, standardised by the "
-            "residual spread. Harmonization should keep these associations (correlation across features close to "
-            "1) and, where the truth is known, bring them closer to it.</p>" + _fig_effects(results, writer)
-            + _table(agreement[cols], headers, left=("method", "term")))
-    if len(results.truth_error):
-        te = results.truth_error.groupby("method")[["rmse", "nrmse", "rmse_centered", "nrmse_centered"]].mean()
-        te = te.reindex([m for m in results.methods if m in te.index]).reset_index()
-        sections.append("<h2 id='truth'>Distance to the ground truth</h2><p class='note'>Mean over features of the "
-                        "root-mean-square error to the known site-free values (nrmse: as a share of the truth's SD; "
-                        "centred: ignoring a constant offset per feature, which a method mapping to a reference site "
-                        "may legitimately have). Lower is better.</p>" + _table(te, left=("method",)))
-    if len(results.icc):
-        sections.append("<h2 id='icc'>Traveling subjects</h2><p class='note'>ICC(2,1) is the two-way random-effects, "
-                        "absolute-agreement intraclass correlation: a constant offset between sites lowers it, which is "
-                        "what harmonization must remove. ICC(3,1) (consistency) ignores such offsets and is given in "
-                        "the comparison table for reference.</p>" + _fig_icc(results, writer))
-    loglik = _loglik_table(results)
-    if loglik:
-        sections.append(loglik)
+    summary = results.summary.set_index("method")
+    rows = []
+    for column in summary.columns:
+        values = summary[column]
+        if values.isna().all():
+            continue
+        label, better = SUMMARY_COLUMNS.get(column, (column, ""))
+        rows.append({"metric": label, "better is": better, **{m: values[m] for m in summary.index}})
+    table = pd.DataFrame(rows)
+    headers = {m: _method_label(results, m) if m != "TarOnly" else "TarOnly (cross-site upper bound)"
+               for m in summary.index}
+    return ("<h2 id='summary'>Comparison table</h2><p class='note'>One column per method, one row per "
+            "headline number; a dash means the metric does not apply. Each is explained in the "
+            "sections below.</p>" + _table(table, headers, left=("metric", "better is")))
 
+
+def _site_section(results, writer, adjusted: str) -> str:
+    if not len(results.site_predictability):
+        return ""
+    return (
+        "<h2 id='site'>Can the site still be recognised?</h2><p class='note'>A classifier "
+        f"({_esc(results.config.get('site_classifier'))}) learns to predict the site from all features, after the "
+        f"effects of {adjusted} were removed (learnt on the training folds), so that a site is "
+        "not recognised merely by the age of its participants. Balanced accuracy "
+        "averages the hit rate of every site, so its chance level is exactly 1/(number of sites) whatever the "
+        "site sizes; the grey band is the range a classifier that only guesses would reach 95% of the time.</p>"
+        + _fig_site_predictability(results, writer))
+
+
+def _mmd_section(results, writer, adjusted: str) -> str:
+    if not len(results.mmd):
+        return ""
+    return ("<h2 id='mmd'>Do the feature distributions of the sites match?</h2><p class='note'>The "
+            "maximum mean discrepancy (MMD², unbiased, Gaussian kernel with the median-distance "
+            "bandwidth) compares all features of two sites at once, after removing the effects of "
+            f"{adjusted} and scaling every feature to unit variance.</p>"
+            + _fig_mmd(results, writer))
+
+
+def _cross_site_section(results, writer) -> str:
+    if not len(results.cross_site):
+        return ""
+    cfg = results.config
+    masked = cfg.get("mask_target_in_transform")
+    return (
+        "<h2 id='cross'>Does a model trained at one site work at another?</h2><p class='note'>Following Wang et "
+        f"al. (2021), a predictor ({_esc(cfg.get('predictor'))}; the MLP is 72→36 hidden units with LeakyReLU) is "
+        "trained on one source site and tested on each other site. <b>SrcOnly</b> uses the raw features (lower "
+        "bound); <b>TarOnly</b> trains and tests within the target site (upper bound). A good harmonization "
+        "moves the cross-site result from SrcOnly towards TarOnly. "
+        + ("The age/diagnosis of test scans was hidden from the harmonizer while transforming them."
+           if masked else "As in the paper, harmonizers received the true age/diagnosis of test scans when "
+           "transforming them; methods that model these covariates can pass some of that information into the "
+           "features.") + "</p>" + _fig_cross_site(results, writer) + _cross_site_table(results))
+
+
+def _distributions_section(results, writer, chosen, *, user_chosen: bool) -> str:
+    if not chosen:
+        return ""
+    return ("<h2 id='distributions'>Feature distributions by site</h2><p class='note'>Features shown: "
+            + ", ".join(f"<code>{_esc(r)}</code>" for r in chosen)
+            + (" (chosen by the user)." if user_chosen else " (the features whose raw values differ most "
+               "between sites).") + "</p>" + _fig_distributions(results, writer, chosen))
+
+
+def _biology_section(results, writer) -> str:
+    if not len(results.effect_sizes):
+        return ""
+    agreement = results.effect_agreement
+    cols = [c for c in ("method", "term", "n_features", "r_vs_raw", "mean_abs_diff_vs_raw", "r_vs_truth",
+                        "mean_abs_diff_vs_truth") if c in agreement.columns]
+    headers = {"r_vs_raw": "r with raw", "mean_abs_diff_vs_raw": "mean |difference| to raw",
+               "r_vs_truth": "r with truth", "mean_abs_diff_vs_truth": "mean |difference| to truth",
+               "n_features": "features"}
+    return (
+        "<h2 id='biology'>Is the biology kept?</h2><p class='note'>For every feature a linear model "
+        "feature ~ age + sex (+ diagnosis) gives the association of each covariate, standardised by the "
+        "residual spread. Harmonization should keep these associations (correlation across features close to "
+        "1) and, where the truth is known, bring them closer to it.</p>" + _fig_effects(results, writer)
+        + _table(agreement[cols], headers, left=("method", "term")))
+
+
+def _truth_section(results) -> str:
+    if not len(results.truth_error):
+        return ""
+    te = results.truth_error.groupby("method")[["rmse", "nrmse", "rmse_centered", "nrmse_centered"]].mean()
+    te = te.reindex([m for m in results.methods if m in te.index]).reset_index()
+    return ("<h2 id='truth'>Distance to the ground truth</h2><p class='note'>Mean over features of the "
+            "root-mean-square error to the known site-free values (nrmse: as a share of the truth's SD; "
+            "centred: ignoring a constant offset per feature, which a method mapping to a reference site "
+            "may legitimately have). Lower is better.</p>" + _table(te, left=("method",)))
+
+
+def _icc_section(results, writer) -> str:
+    if not len(results.icc):
+        return ""
+    return ("<h2 id='icc'>Traveling subjects</h2><p class='note'>ICC(2,1) is the two-way random-effects, "
+            "absolute-agreement intraclass correlation: a constant offset between sites lowers it, which is "
+            "what harmonization must remove. ICC(3,1) (consistency) ignores such offsets and is given in "
+            "the comparison table for reference.</p>" + _fig_icc(results, writer))
+
+
+def _settings_section(cfg: dict) -> str:
+    """The evaluation's settings, the bidsharmony version and when the report was written."""
     from .._version import __version__
 
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
     settings = {k: v for k, v in cfg.items() if k not in ("harmonizers",)}
-    sections.append("<h2 id='settings'>Settings</h2><p class='note'>bidsharmony "
-                    f"{_esc(__version__)}, report written {created}.</p>"
-                    + _table(pd.DataFrame({"setting": list(settings), "value": [str(v) for v in settings.values()]}),
-                             left=("setting", "value")))
+    return ("<h2 id='settings'>Settings</h2><p class='note'>bidsharmony "
+            f"{_esc(__version__)}, report written {created}.</p>"
+            + _table(pd.DataFrame({"setting": list(settings), "value": [str(v) for v in settings.values()]}),
+                     left=("setting", "value")))
+
+
+def _page(title: str, sections: list) -> str:
+    """The HTML page: the title, a navigation bar to the sections present, the sections."""
     nav = "".join(f"<a href='#{a}'>{t}</a>" for a, t in (
         ("glance", "At a glance"), ("design", "Data"), ("summary", "Table"), ("site", "Site"), ("mmd", "Distance"),
         ("cross", "Cross-site"), ("distributions", "Distributions"), ("biology", "Biology"), ("truth", "Truth"),
         ("icc", "Traveling subjects"), ("settings", "Settings")) if f"id='{a}'" in "".join(sections))
-    page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{_esc(title)}</title>"
+    return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{_esc(title)}</title>"
             f"<style>{_STYLE}</style></head><body><h1>{_esc(title)}</h1><nav>{nav}</nav>"
             + "".join(sections) + "</body></html>\n")
-    return atomic_write_text(out_dir / filename, page)
