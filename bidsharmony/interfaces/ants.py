@@ -147,6 +147,7 @@ def n4_files(
     spline_distance=N4_SPLINE_DISTANCE_MM,
     iterations=N4_ITERATIONS,
     convergence_threshold=1e-7,
+    weight_file=None,
 ) -> dict:
     """N4 bias-field correction of one image.
 
@@ -168,6 +169,9 @@ def n4_files(
         Iterations per fitting level; each level halves the control-point spacing.
     convergence_threshold : float
         Stop a level when the field changes less than this.
+    weight_file : str, optional
+        Voxel weights of the fit (e.g. grey + white matter posteriors), so that tissue
+        contrast is not mistaken for bias (antsAtroposN4's ``--weight-image``).
 
     Returns
     -------
@@ -186,15 +190,18 @@ def n4_files(
     if not shrink_factor:
         shrink_factor = n4_shrink_factor(reference.header.get_zooms()[:3])
     geometry = _read_float(in_file)
-    image = geometry.new_image_like(data)
     mask_image = geometry.new_image_like(mask.astype(np.float32))
+    weight_image = None
+    if weight_file:
+        weight_image = geometry.new_image_like(np.asarray(nb.load(os.fspath(weight_file)).dataobj, dtype=np.float32))
     bias = ants.n4_bias_field_correction(
-        image,
+        geometry.new_image_like(data),
         mask=mask_image,
         shrink_factor=int(shrink_factor),
         convergence={"iters": [int(i) for i in iterations], "tol": float(convergence_threshold)},
         spline_param=float(spline_distance),
         return_bias_field=True,
+        weight_mask=weight_image,
     ).numpy()
     bias = np.where(bias > 0, bias, 1.0).astype(np.float32)
     corrected = (data / bias).astype(np.float32)
