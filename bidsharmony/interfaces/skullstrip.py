@@ -144,7 +144,7 @@ def deepbet_files(
     """
     from deepbet import BrainExtraction as DeepBetExtraction
 
-    from .ants import _like, _save
+    from ._common import _like, _save
 
     reference = nb.load(os.fspath(in_file))
     if len(reference.shape) != 3:
@@ -202,7 +202,7 @@ class DeepBetBrainExtraction(SimpleInterface):
     output_spec = _DeepBetOutputSpec
 
     def _run_interface(self, runtime):
-        from .ants import _stem
+        from ._common import _stem
 
         inputs = self.inputs
         stem = _stem(inputs.in_file)

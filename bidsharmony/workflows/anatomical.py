@@ -21,16 +21,14 @@ from __future__ import annotations
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
-from ..interfaces.ants import (
-    ApplyTransforms,
-    AtroposSegmentation,
-    BrainExtraction,
-    N4BiasFieldCorrection,
-    RegistrationSyN,
-)
+from ..interfaces.brain_extraction import BrainExtraction
 from ..interfaces.checks import BrainMaskChecks
 from ..interfaces.images import ValidateT1w
 from ..interfaces.morphometry import ROIVolumes
+from ..interfaces.n4 import N4BiasFieldCorrection
+from ..interfaces.registration import RegistrationSyN
+from ..interfaces.resampling import ApplyTransforms
+from ..interfaces.segmentation import AtroposSegmentation
 from ..interfaces.skullstrip import DeepBetBrainExtraction
 
 # Memory estimates (GB) of the heavy nodes at 1 mm, measured with antspyx on 2 cores;
@@ -85,7 +83,7 @@ def init_anat_preproc_wf(
         Registration iterations; "fast" is for tests and previews.
     n4_shrink_factor : int, optional
         N4 shrink factor; 1 means full resolution (minutes per image at 1 mm). Default:
-        from the voxel size (:func:`~bidsharmony.interfaces.ants.n4_shrink_factor`).
+        from the voxel size (:func:`~bidsharmony.interfaces.n4.n4_shrink_factor`).
     omp_nthreads : int
         ITK threads of each heavy node.
     random_seed : int
