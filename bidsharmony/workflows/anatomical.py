@@ -157,115 +157,27 @@ def init_anat_preproc_wf(
     validate = pe.Node(ValidateT1w(), name="validate")
     workflow.connect([(inputnode, validate, [("t1w", "in_file")])])
     if precomputed:
-        # `preproc.out_file` is the bias-corrected head, `brain` gives out_file/out_mask and
-        # `transforms` forward/reverse_transform, as the computed steps below do.
-        preproc = pe.Node(niu.IdentityInterface(fields=["out_file"]), name="precomputed_t1w")
-        brain = pe.Node(
-            niu.Function(function=_apply_mask, input_names=["in_file", "mask_file"],
-                         output_names=["out_file", "out_mask"]),
-            name="precomputed_brain",
-        )
-        workflow.connect([
-            (inputnode, preproc, [("t1w_preproc", "out_file")]),
-            (inputnode, brain, [("t1w_preproc", "in_file"), ("t1w_mask", "mask_file")]),
-        ])  # fmt: skip
-    elif use_deepbet:
-        preproc = pe.Node(
-            N4BiasFieldCorrection(shrink_factor=n4_shrink_factor or 0, num_threads=omp_nthreads),
-            name="n4", n_procs=omp_nthreads, mem_gb=MEM_GB["n4"],
-        )
-        brain = pe.Node(
-            DeepBetBrainExtraction(**threaded),
-            name="deepbet", n_procs=omp_nthreads, mem_gb=MEM_GB["deepbet"],
-        )
-        workflow.connect([
-            (validate, preproc, [("out_file", "in_file")]),
-            (preproc, brain, [("out_file", "in_file")]),
-        ])  # fmt: skip
+        preproc, brain = _add_precomputed_brain(workflow, inputnode)
     else:
-        preproc = pe.Node(
-            N4BiasFieldCorrection(shrink_factor=n4_shrink_factor or 0, num_threads=omp_nthreads),
-            name="n4", n_procs=omp_nthreads, mem_gb=MEM_GB["n4"],
-        )
-        brain = pe.Node(
-            BrainExtraction(reg_quality=reg_quality, **threaded),
-            name="brain_extraction", n_procs=omp_nthreads, mem_gb=MEM_GB["brain_extraction"],
-        )
-        workflow.connect([
-            (validate, preproc, [("out_file", "in_file")]),
-            (preproc, brain, [("out_file", "in_file")]),
-            (inputnode, brain, [
-                ("template", "template"),
-                ("template_mask", "template_mask"),
-                ("template_probsegs", "template_probsegs"),
-            ]),
-        ])  # fmt: skip
+        preproc, brain = _add_brain_extraction(
+            workflow, inputnode, validate, use_deepbet=use_deepbet, n4_shrink_factor=n4_shrink_factor,
+            reg_quality=reg_quality, threaded=threaded,
+        )  # fmt: skip
     if "forward_xfm" in precomputed:
-        transforms = pe.Node(
-            niu.IdentityInterface(fields=["forward_transform", "reverse_transform"]), name="precomputed_xfms"
-        )
-        workflow.connect([
-            (inputnode, transforms, [("forward_xfm", "forward_transform"), ("reverse_xfm", "reverse_transform")]),
-        ])  # fmt: skip
+        transforms = _add_precomputed_transforms(workflow, inputnode)
     elif separate_registration or precomputed or use_deepbet:
         # brain extraction's own registration is not there to reuse when it was skipped
         # (precomputed) or did not register (deepbet)
-        transforms = pe.Node(
-            RegistrationSyN(reg_quality=reg_quality, **threaded),
-            name="registration", n_procs=omp_nthreads, mem_gb=MEM_GB["registration"],
-        )
-        workflow.connect([
-            (brain, transforms, [("out_file", "moving"), ("out_mask", "moving_mask")]),
-            (inputnode, transforms, [("template", "fixed"), ("template_mask", "fixed_mask")]),
-        ])  # fmt: skip
+        transforms = _add_registration(workflow, inputnode, brain, reg_quality=reg_quality, threaded=threaded)
     else:
         transforms = brain
-    if transforms is brain:
-        # brain extraction already resampled the tissue priors through this transform
-        priors_to_native, native_priors = brain, "native_probsegs"
-    else:
-        priors_to_native = pe.MapNode(
-            ApplyTransforms(interpolation="linear", num_threads=omp_nthreads),
-            iterfield=["input_image"], name="priors_to_native", n_procs=omp_nthreads, mem_gb=MEM_GB["resample"],
-        )
-        native_priors = "output_image"
-        workflow.connect([
-            (inputnode, priors_to_native, [("template_probsegs", "input_image")]),
-            (preproc, priors_to_native, [("out_file", "reference_image")]),
-            (transforms, priors_to_native, [(("reverse_transform", _as_list), "transforms")]),
-        ])  # fmt: skip
-    segmentation = pe.Node(
-        AtroposSegmentation(**threaded),
-        name="segmentation", n_procs=omp_nthreads, mem_gb=MEM_GB["segmentation"],
-    )
-    # nearest neighbour, not genericLabel: at 1 mm the ROI volumes differ by 0.4 % (median over
-    # 135 regions), and genericLabel's per-label interpolation took 18 s instead of 4 s
-    atlas_to_native = pe.Node(
-        ApplyTransforms(interpolation="nearestNeighbor", num_threads=omp_nthreads),
-        name="atlas_to_native", n_procs=omp_nthreads, mem_gb=MEM_GB["resample"],
-    )
-    t1w_to_std = pe.Node(
-        ApplyTransforms(interpolation="linear", num_threads=omp_nthreads),
-        name="t1w_to_std", n_procs=omp_nthreads, mem_gb=MEM_GB["resample"],
-    )
-    mask_to_std = pe.Node(
-        ApplyTransforms(interpolation="nearestNeighbor", num_threads=omp_nthreads),
-        name="mask_to_std", n_procs=omp_nthreads, mem_gb=MEM_GB["resample"],
+    segmentation = _add_segmentation(workflow, inputnode, preproc, brain, transforms, threaded=threaded)
+    atlas_to_native, t1w_to_std, mask_to_std = _add_resampling(
+        workflow, inputnode, preproc, brain, transforms, omp_nthreads=omp_nthreads
     )
     roi_volumes = pe.Node(ROIVolumes(), name="roi_volumes")
 
     workflow.connect([
-        (brain, segmentation, [("out_file", "in_file"), ("out_mask", "mask_file")]),
-        (priors_to_native, segmentation, [(native_priors, "prior_probsegs")]),
-        (inputnode, atlas_to_native, [("atlas_dseg", "input_image")]),
-        (preproc, atlas_to_native, [("out_file", "reference_image")]),
-        (transforms, atlas_to_native, [(("reverse_transform", _as_list), "transforms")]),
-        (preproc, t1w_to_std, [("out_file", "input_image")]),
-        (inputnode, t1w_to_std, [("template", "reference_image")]),
-        (transforms, t1w_to_std, [(("forward_transform", _as_list), "transforms")]),
-        (brain, mask_to_std, [("out_mask", "input_image")]),
-        (inputnode, mask_to_std, [("template", "reference_image")]),
-        (transforms, mask_to_std, [(("forward_transform", _as_list), "transforms")]),
         (atlas_to_native, roi_volumes, [("output_image", "atlas_file")]),
         (segmentation, roi_volumes, [("out_dseg", "tissues_file")]),
         (brain, roi_volumes, [("out_mask", "mask_file")]),
@@ -283,7 +195,148 @@ def init_anat_preproc_wf(
         (atlas_to_native, outputnode, [("output_image", "atlas_native")]),
         (roi_volumes, outputnode, [("out_tsv", "morph_tsv")]),
     ])  # fmt: skip
+    _add_mask_checks(
+        workflow, preproc, brain, segmentation, outputnode, use_deepbet=use_deepbet, precomputed=precomputed
+    )
+    return workflow
 
+
+# The helpers below add nodes to the workflow of init_anat_preproc_wf itself (no sub-workflow),
+# so that every node keeps its name and place (``anat_wf.n4``, ``anat_wf.registration``, ...).
+
+
+def _add_precomputed_brain(workflow, inputnode):
+    """The given bias-corrected T1w and brain mask, as ``(preproc, brain)`` nodes."""
+    # `preproc.out_file` is the bias-corrected head, `brain` gives out_file/out_mask and
+    # `transforms` forward/reverse_transform, as the computed steps do.
+    preproc = pe.Node(niu.IdentityInterface(fields=["out_file"]), name="precomputed_t1w")
+    brain = pe.Node(
+        niu.Function(function=_apply_mask, input_names=["in_file", "mask_file"],
+                     output_names=["out_file", "out_mask"]),
+        name="precomputed_brain",
+    )
+    workflow.connect([
+        (inputnode, preproc, [("t1w_preproc", "out_file")]),
+        (inputnode, brain, [("t1w_preproc", "in_file"), ("t1w_mask", "mask_file")]),
+    ])  # fmt: skip
+    return preproc, brain
+
+
+def _add_brain_extraction(workflow, inputnode, validate, *, use_deepbet, n4_shrink_factor, reg_quality, threaded):
+    """N4 of the validated T1w, then deepbet or template-based brain extraction: ``(n4, brain)``."""
+    omp_nthreads = threaded["num_threads"]
+    preproc = pe.Node(
+        N4BiasFieldCorrection(shrink_factor=n4_shrink_factor or 0, num_threads=omp_nthreads),
+        name="n4", n_procs=omp_nthreads, mem_gb=MEM_GB["n4"],
+    )
+    if use_deepbet:
+        brain = pe.Node(
+            DeepBetBrainExtraction(**threaded),
+            name="deepbet", n_procs=omp_nthreads, mem_gb=MEM_GB["deepbet"],
+        )
+        templates = []
+    else:
+        brain = pe.Node(
+            BrainExtraction(reg_quality=reg_quality, **threaded),
+            name="brain_extraction", n_procs=omp_nthreads, mem_gb=MEM_GB["brain_extraction"],
+        )
+        templates = [
+            (inputnode, brain, [
+                ("template", "template"),
+                ("template_mask", "template_mask"),
+                ("template_probsegs", "template_probsegs"),
+            ]),
+        ]  # fmt: skip
+    workflow.connect([
+        (validate, preproc, [("out_file", "in_file")]),
+        (preproc, brain, [("out_file", "in_file")]),
+    ] + templates)  # fmt: skip
+    return preproc, brain
+
+
+def _add_precomputed_transforms(workflow, inputnode):
+    """The given composite transforms, as a node with forward/reverse_transform."""
+    transforms = pe.Node(
+        niu.IdentityInterface(fields=["forward_transform", "reverse_transform"]), name="precomputed_xfms"
+    )
+    workflow.connect([
+        (inputnode, transforms, [("forward_xfm", "forward_transform"), ("reverse_xfm", "reverse_transform")]),
+    ])  # fmt: skip
+    return transforms
+
+
+def _add_registration(workflow, inputnode, brain, *, reg_quality, threaded):
+    """SyN registration of the extracted brain to the template brain (both masks)."""
+    omp_nthreads = threaded["num_threads"]
+    transforms = pe.Node(
+        RegistrationSyN(reg_quality=reg_quality, **threaded),
+        name="registration", n_procs=omp_nthreads, mem_gb=MEM_GB["registration"],
+    )
+    workflow.connect([
+        (brain, transforms, [("out_file", "moving"), ("out_mask", "moving_mask")]),
+        (inputnode, transforms, [("template", "fixed"), ("template_mask", "fixed_mask")]),
+    ])  # fmt: skip
+    return transforms
+
+
+def _resample_node(interpolation, name, omp_nthreads, node=pe.Node, **kwargs):
+    """An ApplyTransforms node (``node``: pe.Node or pe.MapNode) with its threads and memory."""
+    return node(
+        ApplyTransforms(interpolation=interpolation, num_threads=omp_nthreads),
+        name=name, n_procs=omp_nthreads, mem_gb=MEM_GB["resample"], **kwargs,
+    )  # fmt: skip
+
+
+def _add_segmentation(workflow, inputnode, preproc, brain, transforms, *, threaded):
+    """Atropos on the extracted brain with the template's tissue priors in native space."""
+    omp_nthreads = threaded["num_threads"]
+    if transforms is brain:
+        # brain extraction already resampled the tissue priors through this transform
+        priors_to_native, native_priors = brain, "native_probsegs"
+    else:
+        priors_to_native = _resample_node(
+            "linear", "priors_to_native", omp_nthreads, node=pe.MapNode, iterfield=["input_image"]
+        )
+        native_priors = "output_image"
+        workflow.connect([
+            (inputnode, priors_to_native, [("template_probsegs", "input_image")]),
+            (preproc, priors_to_native, [("out_file", "reference_image")]),
+            (transforms, priors_to_native, [(("reverse_transform", _as_list), "transforms")]),
+        ])  # fmt: skip
+    segmentation = pe.Node(
+        AtroposSegmentation(**threaded),
+        name="segmentation", n_procs=omp_nthreads, mem_gb=MEM_GB["segmentation"],
+    )
+    workflow.connect([
+        (brain, segmentation, [("out_file", "in_file"), ("out_mask", "mask_file")]),
+        (priors_to_native, segmentation, [(native_priors, "prior_probsegs")]),
+    ])  # fmt: skip
+    return segmentation
+
+
+def _add_resampling(workflow, inputnode, preproc, brain, transforms, *, omp_nthreads):
+    """The atlas into native space, the T1w and its mask into template space: three nodes."""
+    # nearest neighbour, not genericLabel: at 1 mm the ROI volumes differ by 0.4 % (median over
+    # 135 regions), and genericLabel's per-label interpolation took 18 s instead of 4 s
+    atlas_to_native = _resample_node("nearestNeighbor", "atlas_to_native", omp_nthreads)
+    t1w_to_std = _resample_node("linear", "t1w_to_std", omp_nthreads)
+    mask_to_std = _resample_node("nearestNeighbor", "mask_to_std", omp_nthreads)
+    workflow.connect([
+        (inputnode, atlas_to_native, [("atlas_dseg", "input_image")]),
+        (preproc, atlas_to_native, [("out_file", "reference_image")]),
+        (transforms, atlas_to_native, [(("reverse_transform", _as_list), "transforms")]),
+        (preproc, t1w_to_std, [("out_file", "input_image")]),
+        (inputnode, t1w_to_std, [("template", "reference_image")]),
+        (transforms, t1w_to_std, [(("forward_transform", _as_list), "transforms")]),
+        (brain, mask_to_std, [("out_mask", "input_image")]),
+        (inputnode, mask_to_std, [("template", "reference_image")]),
+        (transforms, mask_to_std, [(("forward_transform", _as_list), "transforms")]),
+    ])  # fmt: skip
+    return atlas_to_native, t1w_to_std, mask_to_std
+
+
+def _add_mask_checks(workflow, preproc, brain, segmentation, outputnode, *, use_deepbet, precomputed):
+    """Plausibility checks of the brain mask, and its sidecar fields, into the outputs."""
     mask_checks = pe.Node(BrainMaskChecks(), name="mask_checks")
     if use_deepbet:
         workflow.connect([(brain, mask_checks, [("provenance", "extractor")])])
@@ -295,7 +348,6 @@ def init_anat_preproc_wf(
         (segmentation, mask_checks, [("out_dseg", "dseg_file")]),
         (mask_checks, outputnode, [("mask_meta", "mask_meta"), ("failed", "qc_failed")]),
     ])  # fmt: skip
-    return workflow
 
 
 def _extractor(precomputed) -> dict:
