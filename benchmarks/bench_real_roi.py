@@ -73,8 +73,8 @@ METHODS = {
     "combat-gam": ("ComBat-GAM", "combat-gam", dict(log_features=True)),
     "combat-ls": ("ComBat-LS", "combat-ls", dict(log_features=True)),
     "covbat": ("CovBat", "covbat", dict(log_features=True)),
-    "flow-scm": ("flow-SCM quadratic spline (default)", "flow-scm", dict(log_features=True)),
-    "flow-scm-affine": ("flow-SCM affine", "flow-scm", dict(log_features=True, flow="affine")),
+    "flow-scm": ("flow-SCM quadratic spline (default until 2026-12-07)", "flow-scm", dict(log_features=True, flow="quadratic-spline")),
+    "flow-scm-affine": ("flow-SCM affine (default)", "flow-scm", dict(log_features=True, flow="affine")),
     # not in the default run: the third flow of the paper
     "flow-scm-linear-spline": ("flow-SCM linear spline", "flow-scm", dict(log_features=True, flow="linear-spline")),
 }

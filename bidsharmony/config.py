@@ -107,7 +107,7 @@ class Config:
     covariates: Path | None = None
     protect: list[str] = field(default_factory=list)
     harmonizer_model: Path | None = None
-    flow: str = "quadratic-spline"
+    flow: str = "affine"
     epochs: int = 100
     adapt_new_site: bool = False
     min_site_size: int = 10

@@ -265,7 +265,7 @@ def _add_group_options(parser: argparse.ArgumentParser) -> None:
         help="apply a saved model (group/models/<method>) to new scans without refitting",
     )
     group.add_argument(
-        "--flow", choices=("affine", "linear-spline", "quadratic-spline"), default="quadratic-spline",
+        "--flow", choices=("affine", "linear-spline", "quadratic-spline"), default="affine",
         help="flow-scm: conditional flow of the ROI features",
     )
     group.add_argument(
