@@ -30,6 +30,7 @@ import pandas as pd
 import torch
 
 from ...utils.rowwise import padded_chunks
+from ...utils.rowwise_torch import fixed_order_products
 from ...harmonize import validation
 from ...harmonize.base import Harmonizer
 from ...harmonize.errors import CovariateError, HarmonizerParameterError, NotEnoughSubjectsError, NotFittedError
@@ -293,10 +294,11 @@ class FlowSCMHarmonizer(Harmonizer):
         """Write ``compute(tensors at rows)`` into those rows of ``out``, chunk by chunk.
 
         Every chunk has exactly ``_CHUNK_ROWS`` rows (the last one padded by repeating its
-        last row) and runs on one torch thread: the matrix products then have the same shape
-        and kernel whatever the number of rows, their order or ``num_threads``, so a row's
-        numbers depend on that row alone (a BLAS rounds a product of another shape or thread
-        split differently in the last bits). With ``num_threads > 1`` the chunks run in that
+        last row) and runs on one torch thread, with its matrix products summed in a fixed
+        order (:func:`~bidsharmony.utils.rowwise_torch.fixed_order_products`): a row's numbers
+        then depend on that row alone, not on the number of rows, their order or
+        ``num_threads`` (a BLAS rounds a product of another shape, thread split or row position
+        differently in the last bits). With ``num_threads > 1`` the chunks run in that
         many Python threads: the compiled kernels release the GIL. Chunks also bound memory.
         """
 
@@ -304,7 +306,8 @@ class FlowSCMHarmonizer(Harmonizer):
             start, stop, positions = chunk
             # index_select copies whole rows (advanced indexing goes element by element)
             selected = torch.as_tensor(rows[positions])
-            result = compute({k: v.index_select(0, selected) for k, v in tensors.items()})
+            with fixed_order_products():  # per thread: torch's function modes are thread-local
+                result = compute({k: v.index_select(0, selected) for k, v in tensors.items()})
             out[rows[start:stop]] = result[:stop - start].numpy()
 
         chunks = list(padded_chunks(len(rows), _CHUNK_ROWS))

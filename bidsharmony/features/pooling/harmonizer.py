@@ -59,6 +59,7 @@ import pandas as pd
 import torch
 
 from ...utils.rowwise import padded_chunks
+from ...utils.rowwise_torch import fixed_order_products
 from ...harmonize import validation
 from ...harmonize.base import Harmonizer
 from ...harmonize.errors import CovariateError, HarmonizerParameterError, NotFittedError
@@ -356,9 +357,9 @@ class EquivariantPooling(Harmonizer):
     def _outputs(self, data: validation.PreparedData) -> dict:
         """Latent, τ, Φ (and predictions) of every row, as NumPy arrays.
 
-        The network runs on chunks of exactly ``_CHUNK_ROWS`` rows on one torch thread, so
-        that a row's outputs do not depend on the other rows or the thread count (see
-        :mod:`bidsharmony.utils.rowwise`).
+        The network runs on chunks of exactly ``_CHUNK_ROWS`` rows on one torch thread, with
+        its matrix products in fixed order, so that a row's outputs do not depend on the other
+        rows, their order or the thread count (see :mod:`bidsharmony.utils.rowwise_torch`).
         """
         self._check_network()
         inputs = to_tensor(self._inputs(data))
@@ -366,7 +367,7 @@ class EquivariantPooling(Harmonizer):
         previous = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
-            with torch.no_grad():
+            with fixed_order_products():
                 for start, stop, positions in padded_chunks(data.n_rows, _CHUNK_ROWS):
                     latent = self.network_.encode(inputs.index_select(0, torch.as_tensor(positions)))
                     parts = self.network_.represent(latent)
