@@ -325,7 +325,10 @@ class ConditionalElementwiseTransform(Transform):
         The affine head is linear in the context, so when an intervention changes a few of
         its columns (``do(site)`` changes the site's one-hot columns) the new location and
         scale parameters are the old ones plus those columns' change times their weights,
-        rather than a second pass of the head over every column.
+        rather than a second pass of the head over every column. It always takes this path: which
+        columns change depends on the other rows of the chunk, and the columns left out only
+        add exact zeros, so a row's numbers do not (under
+        :func:`~bidsharmony.utils.rowwise_torch.fixed_order_products`).
         """
         n = values.shape[0]
         params = new_params = None
@@ -333,9 +336,8 @@ class ConditionalElementwiseTransform(Transform):
             params = self._affine_halves(context, n)
             change = new_context - context
             changed = torch.nonzero(change.abs().amax(dim=0) > 0)[:, 0]
-            if 2 * len(changed) < change.shape[1]:
-                weight = self._in_halves(self.affine_head.weight[:, changed])
-                new_params = torch.addmm(params.view(n, -1), change[:, changed], weight.T).view_as(params)
+            weight = self._in_halves(self.affine_head.weight[:, changed])
+            new_params = torch.addmm(params.view(n, -1), change[:, changed], weight.T).view_as(params)
         noise = kernels.elementwise_map(self.spline, values, *self._compiled_parameters(n, context, params),
                                         inverse=False, bound=self.tail_bound)
         return kernels.elementwise_map(self.spline, noise, *self._compiled_parameters(n, new_context, new_params),

@@ -46,7 +46,9 @@ def padded_chunks(n_rows: int, size: int):
     """Cut ``n_rows`` rows into chunks of exactly ``size`` rows, for batch-invariant networks.
 
     A network applied to chunks of one fixed shape runs the same kernels on every row, so a
-    row's output does not depend on how many rows came with it (see the module docstring).
+    row's output does not depend on how many rows came with it (see the module docstring);
+    with :func:`~bidsharmony.utils.rowwise_torch.fixed_order_products` it does not depend on
+    the row's position in the chunk either.
 
     Yields
     ------

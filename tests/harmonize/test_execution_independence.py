@@ -80,3 +80,11 @@ def test_flow_scm_counterfactuals_and_densities_depend_on_the_row_only(flow, arc
         harmonizer, lambda f, c: harmonizer.counterfactual(f, c, do={"age": 60.0, "sex": "F"}), table)
     _assert_independent_of_execution(
         harmonizer, lambda f, c: harmonizer.log_prob(f, c, joint=True).to_numpy()[:, None], table)
+
+
+def test_flow_scm_with_many_sites_depends_on_the_row_only():
+    """12 sites: which site columns a chunk's intervention changes depends on the chunk's rows."""
+    table = make_feature_table(40, n_sites=12, n_features=4, seed=5)
+    harmonizer = fit_quietly(get_harmonizer("flow-scm", reference_site=table.reference_site, random_seed=0,
+                                            **TINY["flow-scm"]), table.features, table.covariates)
+    _assert_independent_of_execution(harmonizer, harmonizer.transform, table)
