@@ -22,6 +22,11 @@ import torch
 from torch.nn import functional as F
 from torch.overrides import TorchFunctionMode
 
+#: elements of a block of partial sums (4 MB of float64): larger outputs are summed a block of
+#: rows at a time so that the sums stay in the cache between terms (2x faster for a
+#: 2,048 x 3,335 MADE output; smaller blocks only add calls)
+_BLOCK_ELEMENTS = 524288
+
 
 def fixed_order_matmul(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
     """``left @ right`` (``torch.matmul`` broadcasting) summed over the inner index in order.
@@ -55,17 +60,30 @@ def fixed_order_matmul(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
             out = out + left[..., :, j:j + 1] * right[..., j:j + 1, :]
     else:
         # unit-stride rows of ``right``: a product with a strided row (a transposed weight) is
-        # several times slower; one reused buffer for the terms
+        # several times slower
         right = right.contiguous()
-        out = left[..., :, :1] * right[..., :1, :]
-        term = torch.empty_like(out)
-        for j in range(1, left.shape[-1]):
-            out.add_(torch.mul(left[..., :, j:j + 1], right[..., j:j + 1, :], out=term))
+        out = torch.empty(torch.broadcast_shapes(left.shape[:-1] + (1,), right.shape[:-2] + (1, right.shape[-1])),
+                          dtype=torch.result_type(left, right))
+        if left.ndim == 2 and right.ndim == 2:
+            # blocks of rows whose partial sums stay in the cache between terms
+            step = max(16, _BLOCK_ELEMENTS // max(1, right.shape[-1]))
+            for start in range(0, left.shape[0], step):
+                _accumulate(left[start:start + step], right, out[start:start + step])
+        else:
+            _accumulate(left, right, out)
     if vector_right:
         out = out.squeeze(-1)
     if vector_left:
         out = out.squeeze(-2)
     return out
+
+
+def _accumulate(left: torch.Tensor, right: torch.Tensor, out: torch.Tensor) -> None:
+    """``out[...] = left @ right``, the terms added in order of the inner index, in place."""
+    torch.mul(left[..., :, :1], right[..., :1, :], out=out)
+    term = torch.empty_like(out)
+    for j in range(1, left.shape[-1]):
+        out.add_(torch.mul(left[..., :, j:j + 1], right[..., j:j + 1, :], out=term))
 
 
 def fixed_order_linear(inputs: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:

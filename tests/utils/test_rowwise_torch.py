@@ -40,6 +40,14 @@ def test_a_row_of_a_product_does_not_depend_on_its_position(generator):
     assert torch.equal(fixed_order_matmul(rows[7:8], weight), whole[7:8])
 
 
+def test_blocks_of_rows_give_the_same_bits_as_one_block(generator, monkeypatch):
+    rows, weight = _random(generator, 100, 13), _random(generator, 13, 7)
+    whole = fixed_order_matmul(rows, weight)
+    monkeypatch.setattr("bidsharmony.utils.rowwise_torch._BLOCK_ELEMENTS", 7 * 16)  # blocks of 16 rows
+    assert torch.equal(fixed_order_matmul(rows, weight), whole)
+    torch.testing.assert_close(whole, rows @ weight, rtol=1e-13, atol=1e-13)
+
+
 def test_an_empty_inner_dimension_gives_zeros_and_gradients_flow(generator):
     assert torch.equal(fixed_order_matmul(_random(generator, 5, 0), _random(generator, 0, 3)),
                        torch.zeros(5, 3, dtype=torch.float64))
