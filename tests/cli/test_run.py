@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from bidsharmony import __version__
-from bidsharmony.cli.parser import parse_args
+from bidsharmony.cli.parser import build_parser, parse_args
 from bidsharmony.cli.run import main
 from bidsharmony.config import Config
 
@@ -147,3 +147,18 @@ def test_resources_default_to_the_cpus_this_process_may_use(tmp_path, monkeypatc
         assert (config.nprocs, config.omp_nthreads) == (cpus, threads)
     config = parse_args([str(tmp_path), str(tmp_path / "out"), "participant", "--nprocs", "3", "--omp-nthreads", "2"])
     assert (config.nprocs, config.omp_nthreads) == (3, 2)
+
+
+def test_flow_scm_defaults_of_the_command_line_are_the_harmonizers(tmp_path):
+    """``--flow`` and ``--epochs`` are written in the parser, the config and the constructor:
+    all three must give the same default (and the parser's choices the flows there are)."""
+    from bidsharmony.harmonize import registry
+    from bidsharmony.scm.flows import FLOWS
+
+    constructor = registry.parameters("flow-scm")
+    config = parse_args([str(tmp_path), str(tmp_path / "out"), "group"])
+    defaults = Config(bids_dir=tmp_path, output_dir=tmp_path / "out", analysis_level="group")
+    for setting, parameter in registry.method("flow-scm").settings.items():
+        assert getattr(config, parameter) == getattr(defaults, parameter) == constructor[setting], setting
+    flow_action = next(a for a in build_parser()._actions if "--flow" in a.option_strings)
+    assert tuple(flow_action.choices) == FLOWS
