@@ -15,7 +15,9 @@ fields. The participant level's volumes of the two differ by CSF -49 %, GM +9.5 
 3. with ``--work`` (the work directory of a participant run on the pair, e.g. from
    ``bench_real_scans.py --participant``), the same volumes from the workflow's own
    segmentation setting — Atropos with the template priors warped to each scan (weight
-   0.25) — on its own priors and on the normalised scan's priors for both.
+   0.25) — on its own priors and on the normalised scan's priors for both; with
+   ``--prior-weights``, also after the head N4 at each of those prior weights (0: the priors
+   only start the EM).
 
     python benchmarks/bench_bias_pair.py --out /tmp/bench_bias_pair
     python benchmarks/bench_bias_pair.py --work /tmp/bench_real_participant/work
@@ -60,12 +62,12 @@ def _correct(variant: str, valid: str, head_n4: str, mask: str, folder: Path) ->
     return out
 
 
-def _segment(image: str, mask: str, stem: Path, priors=None) -> tuple[np.ndarray, float]:
+def _segment(image: str, mask: str, stem: Path, priors=None, prior_weight=0.25) -> tuple[np.ndarray, float]:
     """Tissue volumes (mL, CSF/GM/WM) and the WM/GM median intensity ratio of one image."""
     from bidsharmony.interfaces.ants import atropos_files
 
     probsegs = [f"{stem}_label-{c}_probseg.nii.gz" for c in CLASSES]
-    atropos_files(image, mask, f"{stem}_dseg.nii.gz", probsegs, prior_probsegs=priors)
+    atropos_files(image, mask, f"{stem}_dseg.nii.gz", probsegs, prior_probsegs=priors, prior_weight=prior_weight)
     dseg_img = nb.load(f"{stem}_dseg.nii.gz")
     dseg, data = np.asarray(dseg_img.dataobj), nb.load(image).get_fdata()
     voxel_ml = float(np.prod(dseg_img.header.get_zooms()[:3])) / 1000
@@ -95,6 +97,8 @@ def main(argv=None) -> None:
     parser.add_argument("--bids", type=Path, default=DEFAULT_BIDS)
     parser.add_argument("--out", type=Path, default=Path("/tmp/bench_bias_pair"))
     parser.add_argument("--work", type=Path, help="work directory of a participant run on sub-prismaxa30")
+    parser.add_argument("--prior-weights", type=float, nargs="*", default=[],
+                        help="with --work: Atropos prior weights to try after the head N4")
     args = parser.parse_args(argv)
 
     from bidsharmony.interfaces.ants import N4BiasFieldCorrection
@@ -131,6 +135,11 @@ def main(argv=None) -> None:
             for label, name, chosen in (("priors (own)", "own_priors", priors), ("priors (norm's for both)", "norm_priors", same)):
                 seg = {rec: _segment(corrected[rec], mask_file, args.out / rec / variant / name, priors=chosen[rec]) for rec in RECS}
                 rows.append({"variant": variant, "segmentation": label, "spread": row["spread"],
+                             "volumes": {rec: seg[rec][0] for rec in RECS}, "contrast": {rec: seg[rec][1] for rec in RECS}})
+            for weight in args.prior_weights if variant == "head" else ():
+                seg = {rec: _segment(corrected[rec], mask_file, args.out / rec / variant / f"priors_w{weight:g}",
+                                     priors=priors[rec], prior_weight=weight) for rec in RECS}
+                rows.append({"variant": variant, "segmentation": f"priors (own), weight {weight:g}", "spread": row["spread"],
                              "volumes": {rec: seg[rec][0] for rec in RECS}, "contrast": {rec: seg[rec][1] for rec in RECS}})
         print(f"{variant} done ({time.perf_counter() - start:.0f} s)", flush=True)
 
