@@ -423,7 +423,7 @@ def main(argv=None) -> int:
         f"{covariates.loc[covariates.site == paper_source, 'age'].min():.0f}-"
         f"{covariates.loc[covariates.site == paper_source, 'age'].max():.0f})",
         f"- protocol: {args.folds}-fold participant-grouped site-stratified CV per seed; flow-SCM epochs: "
-        f"{args.flow_epochs or 'package default (100)'}; MLP epochs {args.mlp_epochs}",
+        f"{'package default' if args.flow_epochs is None else args.flow_epochs}; MLP epochs {args.mlp_epochs}",
     ]
     print("\n".join(header), flush=True)
 

@@ -108,7 +108,7 @@ class Config:
     protect: list[str] = field(default_factory=list)
     harmonizer_model: Path | None = None
     flow: str = "affine"
-    epochs: int = 100
+    epochs: int = 20
     adapt_new_site: bool = False
     min_site_size: int = 10
     evaluate: bool = False

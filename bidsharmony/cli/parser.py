@@ -273,7 +273,10 @@ def _add_group_options(parser: argparse.ArgumentParser) -> None:
         help="with --harmonizer-model (flow-scm): learn only the conditioning of sites the model "
         "never saw, every fitted weight frozen, then harmonize",
     )
-    group.add_argument("--epochs", type=_positive_int, default=100, help="flow-scm: training epochs")
+    group.add_argument(
+        "--epochs", type=_positive_int, default=20,
+        help="flow-scm: training epochs (enough for the affine flow; the spline flows need ~100)",
+    )
     group.add_argument(
         "--min-site-size", type=_positive_int, default=10,
         help="refuse sites with fewer scans than this (estimates of small sites are unreliable)",
