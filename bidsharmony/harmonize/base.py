@@ -441,7 +441,7 @@ class Harmonizer(SavedModel):
         validation.warn_on_poor_overlap(data, reference)
         validation.warn_on_outlying_features(data)
         started = time.perf_counter()
-        self._fit(data)
+        self._fit(data.in_label_order())
         self.fit_seconds_ = time.perf_counter() - started
         self.created_ = datetime.now(timezone.utc).isoformat(timespec="seconds")
         self._fitted = True

@@ -25,7 +25,7 @@ from __future__ import annotations
 import difflib
 import math
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -267,6 +267,23 @@ class PreparedData:
         """Each row's position in ``sites`` (a model's site list), -1 for a site not in it."""
         codes, labels = self.site_factors if self.site_factors is not None else pd.factorize(self.site)
         return label_positions(codes, labels, sites)
+
+    def in_label_order(self) -> "PreparedData":
+        """The same rows sorted by their labels (as strings; labels are unique).
+
+        Sums over rows (means, variances, least squares) round differently in another row
+        order; a model fitted on the rows in label order is the same however the caller's
+        table was sorted.
+        """
+        order = np.argsort(self.index.astype(str).to_numpy(), kind="stable")
+        if np.array_equal(order, np.arange(self.n_rows)):
+            return self
+        factors = None
+        if self.site_factors is not None:
+            factors = (self.site_factors[0][order], self.site_factors[1])
+        return replace(self, features=self.features[order], index=self.index[order], site=self.site[order],
+                       age=self.age[order], sex=self.sex[order],
+                       extra={k: np.asarray(v)[order] for k, v in self.extra.items()}, site_factors=factors)
 
     def to_frame(self, values: np.ndarray) -> pd.DataFrame:
         """Wrap a ``(n_rows, n_features)`` array in the caller's index and column order."""

@@ -88,3 +88,17 @@ def test_flow_scm_with_many_sites_depends_on_the_row_only():
     harmonizer = fit_quietly(get_harmonizer("flow-scm", reference_site=table.reference_site, random_seed=0,
                                             **TINY["flow-scm"]), table.features, table.covariates)
     _assert_independent_of_execution(harmonizer, harmonizer.transform, table)
+
+
+@pytest.mark.parametrize("name", HARMONIZERS)
+def test_a_model_does_not_depend_on_the_row_order_of_its_fit(name, table):
+    """Fitted on the table shuffled, every harmonizer gives the same bits as fitted on it sorted."""
+    def fitted(order):
+        return fit_quietly(get_harmonizer(name, reference_site=table.reference_site, random_seed=0,
+                                          **TINY.get(name, {})),
+                           table.features.iloc[order], table.covariates.iloc[order])
+
+    rows = np.arange(len(table.features))
+    shuffled = np.random.default_rng(2).permutation(rows)
+    expected = np.asarray(fitted(rows).transform(table.features, table.covariates))
+    assert np.array_equal(np.asarray(fitted(shuffled).transform(table.features, table.covariates)), expected)
