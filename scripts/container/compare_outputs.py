@@ -10,13 +10,6 @@ where and when the run happened (see ``RUN_SPECIFIC``) and the paths mapped by
 content: ``.npz`` (zip member times) array by array, exactly; ``.h5`` (ITK transforms; HDF5
 object headers hold modification times) byte by byte outside the first ``HDF5_HEADER_BYTES``,
 and with at most 4-byte runs of differences inside it. The work folder and logs are skipped.
-
-One exception to exactness: the outputs of a *table harmonizer's fit* (``*_desc-<method>_morph.tsv``
-and the model's ``weights.npz``; :data:`FITTED_TOLERANCE`). neuroHarmonize fits ComBat with
-numpy's matrix products and inverses, and the image (Debian's Python 3.11.2) and the host
-(3.11.7) round them differently in the last bits (measured: 3e-14 relative on the models'
-arrays, 3e-13 on the harmonized volumes, 8 scans); those are compared to that tolerance,
-relative to each array's largest value. Everything the participant level writes stays exact.
 Exit 0 when the folders agree, 1 with one line per difference otherwise.
 """
 
@@ -30,8 +23,6 @@ from pathlib import Path
 import numpy as np
 
 SKIPPED_DIRS = {"work", "logs"}
-#: relative tolerance (to each array's largest magnitude) for the outputs of a table fit
-FITTED_TOLERANCE = 1e-9
 #: JSON keys whose values record the run, not its result: creation times, durations, the
 #: interpreter (Debian's Python 3.11 in the image vs the host's), checksums of ``.npz``
 #: archives (their zip headers hold times; the arrays are compared instead).
@@ -80,43 +71,12 @@ def _h5_difference(a: bytes, b: bytes) -> str | None:
     return None if longest <= 4 else f"a {longest}-byte run differs in the HDF5 headers"
 
 
-def _close(x: np.ndarray, y: np.ndarray, tolerance: float) -> bool:
-    if x.dtype.kind != "f" or tolerance == 0 or x.shape != y.shape:
-        return np.array_equal(x, y, equal_nan=x.dtype.kind == "f")
-    scale = float(np.nanmax(np.abs(x))) if x.size and not np.isnan(x).all() else 0.0
-    return bool(np.allclose(x, y, rtol=0.0, atol=tolerance * scale, equal_nan=True))
-
-
-def _npz_difference(a: Path, b: Path, tolerance: float = 0.0) -> str | None:
+def _npz_difference(a: Path, b: Path) -> str | None:
     with np.load(a, allow_pickle=False) as x, np.load(b, allow_pickle=False) as y:
         if sorted(x.files) != sorted(y.files):
             return f"arrays {sorted(set(x.files) ^ set(y.files))} in one only"
-        unequal = [k for k in x.files if not _close(x[k], y[k], tolerance)]
+        unequal = [k for k in x.files if not np.array_equal(x[k], y[k], equal_nan=x[k].dtype.kind == "f")]
     return f"arrays differ: {unequal[:5]}" if unequal else None
-
-
-def _fitted_table_difference(a: Path, b: Path) -> str | None:
-    """Harmonized tables: the same rows, columns and text, numbers within :data:`FITTED_TOLERANCE`."""
-    import pandas as pd
-
-    x, y = (pd.read_csv(path, sep="\t", keep_default_na=False, dtype=str) for path in (a, b))
-    if list(x.columns) != list(y.columns) or x.shape != y.shape:
-        return "columns or rows differ"
-    numeric = [c for c in x.columns if pd.to_numeric(x[c], errors="coerce").notna().all()]
-    text = [c for c in x.columns if c not in numeric]
-    if not x[text].equals(y[text]):
-        return "text columns differ"
-    values = [frame[numeric].apply(pd.to_numeric).to_numpy(float) for frame in (x, y)]
-    return None if _close(*values, FITTED_TOLERANCE) else f"numbers differ by more than {FITTED_TOLERANCE:g}"
-
-
-def _is_fitted_output(name: str) -> bool:
-    """A fitted table model or a table harmonized by one (``desc-<method>``, e.g. ``desc-combat``)."""
-    from bidsharmony.harmonize import registry
-
-    methods = {method.replace("-", "") for method in registry.names(registry.TABLE)}
-    return name.startswith("group/models/") or (
-        name.endswith("_morph.tsv") and any(f"_desc-{method}_" in name for method in methods))
 
 
 def compare(host: Path, container: Path, mapping: dict[str, str]) -> tuple[list[str], dict[str, int]]:
@@ -136,10 +96,7 @@ def compare(host: Path, container: Path, mapping: dict[str, str]) -> tuple[list[
             why = _h5_difference(a.read_bytes(), b.read_bytes())
             problems += [f"{name}: {why}"] if why else []
         elif kind == ".npz":
-            why = _npz_difference(a, b, FITTED_TOLERANCE if _is_fitted_output(name) else 0.0)
-            problems += [f"{name}: {why}"] if why else []
-        elif kind == ".tsv" and _is_fitted_output(name) and a.read_bytes() != b.read_bytes():
-            why = _fitted_table_difference(a, b)
+            why = _npz_difference(a, b)
             problems += [f"{name}: {why}"] if why else []
         elif a.read_bytes() != b.read_bytes():
             problems.append(f"{name}: contents differ")
