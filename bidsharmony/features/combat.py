@@ -46,7 +46,8 @@ from scipy.interpolate import BSpline
 from ..utils.rowwise import row_products
 from ..harmonize import validation
 from ..harmonize.base import Harmonizer
-from ..harmonize.errors import CovariateError, CovariateRangeError, HarmonizerParameterError
+from ..harmonize.errors import (CovariateError, CovariateRangeError, HarmonizerParameterError,
+                               NotEnoughSubjectsError)
 
 LOGGER = logging.getLogger(__name__)
 
@@ -138,6 +139,7 @@ class ComBat(Harmonizer):
 
     def _fit(self, data: validation.PreparedData) -> None:
         from neuroHarmonize import harmonizationLearn
+        from statsmodels.tools.sm_exceptions import PerfectSeparationError  # neuroHarmonize's GAM fit
 
         columns = {"SITE": data.site.astype(str), validation.SEX: data.sex}
         columns.update({c: data.extra[c] for c in self.extra_covariates})
@@ -154,10 +156,14 @@ class ComBat(Harmonizer):
                     self._features(data), covars, eb=self.empirical_bayes, smooth_terms=smooth,
                     ref_batch=self.reference_site_, seed=self.random_seed, **self._learn_kwargs(),
                 )
+        except PerfectSeparationError:
+            raise NotEnoughSubjectsError(
+                f"{self.name}: the design ({self._design_terms()}) cannot be fitted to {len(data.age)} scans (the "
+                "model fits them exactly); add scans, merge small sites or use combat"
+            ) from None
         except np.linalg.LinAlgError as error:
             raise CovariateError(
-                f"{self.name}: the design (site, sex, age{', ' if self.extra_covariates else ''}"
-                f"{', '.join(self.extra_covariates)}) is singular ({error}); a covariate is constant "
+                f"{self.name}: the design ({self._design_terms()}) is singular ({error}); a covariate is constant "
                 "or confounded with site — drop it or add scans"
             ) from None
         for line in captured.getvalue().splitlines():
@@ -180,6 +186,13 @@ class ComBat(Harmonizer):
         if self.covariate_coefficients_.shape[0] != expected_columns:
             raise RuntimeError("unexpected neuroHarmonize design layout "
                                f"({self.covariate_coefficients_.shape[0]} vs {expected_columns} columns)")
+        # checked after the fit because the GAM's spline width is neuroHarmonize's choice
+        validation.check_residual_df(self.name, len(data.age), n_sites + expected_columns, self._design_terms())
+
+    def _design_terms(self) -> str:
+        """The design's terms, as an error message names them."""
+        age = "age spline" if self._smooth_age else "age"
+        return ", ".join(["site", validation.SEX, *self.extra_covariates, age])
 
     # ------------------------------------------------------------------ transform
     def _age_for_design(self, age: np.ndarray) -> np.ndarray:

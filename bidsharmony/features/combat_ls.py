@@ -187,6 +187,7 @@ class ComBatLS(ComBat):
         n_sites = len(self.sites_)
         one_hot = np.eye(n_sites)[codes]
         design = np.column_stack([one_hot, covariates])  # a site column each: no shared intercept
+        validation.check_residual_df(self.name, len(values), design.shape[1], self._design_terms())
         mean, log_variance = fit_location_scale(design, values)
         if self.reference_site_ is None:
             weights = np.bincount(codes, minlength=n_sites) / len(codes)

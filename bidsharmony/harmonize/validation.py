@@ -645,6 +645,20 @@ def check_site_sizes(sites: np.ndarray, min_subjects_per_site: int) -> dict:
     return sizes
 
 
+def check_residual_df(method: str, n_scans: int, design_columns: int, terms: str) -> None:
+    """Raise unless a linear model of ``design_columns`` leaves residual degrees of freedom.
+
+    With as many scans as design columns the fit is exact: the pooled variance the ComBat family
+    divides by is rounding noise, and its "harmonized" volumes would be that noise magnified.
+    """
+    if n_scans - design_columns < 1:
+        raise NotEnoughSubjectsError(
+            f"{method}: {n_scans} scans are too few for a design of {design_columns} columns ({terms}): "
+            "the residuals that estimate the pooled variance would be (near) zero; it needs at least "
+            f"{design_columns + 1} scans — add scans, merge small sites or drop covariates"
+        )
+
+
 def covariate_summary(data: PreparedData) -> dict:
     """Ranges of the covariates seen in fit, overall and per site (stored in the manifest)."""
     summary = {"age": {"min": float(data.age.min()), "max": float(data.age.max()),

@@ -153,6 +153,39 @@ def test_single_site_is_refused(small_table):
         ComBat(min_subjects_per_site=5).fit(small_table.features[mask], small_table.covariates[mask])
 
 
+def _two_scans_per_site(table, sites=("siteA", "siteB"), n=2):
+    """``n`` scans of each site, both sexes among them, so the design is not singular."""
+    covariates = table.covariates
+    rows = []
+    for site in sites:
+        of_site = covariates[covariates.site == site]
+        first = of_site.sex.iloc[0]
+        rows += [of_site[of_site.sex == first].index[0], *of_site[of_site.sex != first].index[:n - 1]]
+    return table.features.loc[rows], covariates.loc[rows]
+
+
+@pytest.mark.parametrize("method", ["combat", "covbat", "combat-ls", "combat-gam"])
+def test_fit_without_residual_degrees_of_freedom_is_refused(small_table, method):
+    # 2 sites x 2 scans against site, sex and age: an exact fit whose pooled variance is rounding noise
+    features, covariates = _two_scans_per_site(small_table)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(NotEnoughSubjectsError, match=f"{method}: .*4 scans|{method}: .*cannot be fitted to 4"):
+            get_harmonizer(method, min_subjects_per_site=2).fit(features, covariates)
+
+
+@pytest.mark.parametrize("method", ["combat", "covbat", "combat-ls"])
+def test_one_residual_degree_of_freedom_fits(small_table, method):
+    features, covariates = _two_scans_per_site(small_table)
+    extra = small_table.covariates.index.difference(covariates.index)[:1]
+    features = pd.concat([features, small_table.features.loc[extra]])
+    covariates = pd.concat([covariates, small_table.covariates.loc[extra]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        harmonized = get_harmonizer(method, min_subjects_per_site=2).fit_transform(features, covariates)
+    assert np.isfinite(harmonized.to_numpy()).all()
+
+
 def test_poor_age_overlap_warns(small_table):
     covariates = small_table.covariates.copy()
     covariates.loc[covariates.site == "siteB", "age"] = 95.0 + np.arange((covariates.site == "siteB").sum()) / 10
