@@ -6,7 +6,6 @@ the same participant-grouped folds and the same way of building a fresh harmoniz
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import inspect
 from dataclasses import dataclass
@@ -322,21 +321,7 @@ def call_with_supported(func: Callable, **kwargs):
     return func(**{k: v for k, v in kwargs.items() if k in params})
 
 
-# ------------------------------------------------------------------------------- torch
-@contextlib.contextmanager
-def torch_threads(n_threads: int | None):
-    """Limit torch's intra-op threads inside the block and restore the previous value."""
-    import torch
-
-    previous = torch.get_num_threads()
-    if n_threads:
-        torch.set_num_threads(int(n_threads))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
+# ------------------------------------------------------------------------------- seeds
 def rng_seed(seed: int, *parts) -> int:
     """A reproducible 32-bit seed derived from ``seed`` and labels (fold, site, task...)."""
     text = "|".join(str(p) for p in (seed, *parts))

@@ -29,9 +29,9 @@ from ._common import (
     make_folds,
     rng_seed,
     site_labels,
-    torch_threads,
 )
 from .protocols import FoldData, default_mask_columns, harmonize_in_folds
+from ..utils.threads import torch_threads
 
 __all__ = [
     "build_mlp", "MLPRegressor", "MLPClassifier", "make_predictor", "cross_site_prediction",

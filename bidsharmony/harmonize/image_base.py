@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from .._version import __version__
+from ..utils.threads import with_own_threads
 from . import registry
 from .base import (
     SavedModel, _jsonable, check_parameter_names, constructor_parameters, corrupted_model_errors, manifest_header,
@@ -188,7 +189,6 @@ class ImageHarmonizer(SavedModel):
             import torch
 
             torch.manual_seed(self.random_seed)
-            torch.set_num_threads(self.num_threads)
         except ImportError:  # pragma: no cover - torch is a dependency
             pass
         return np.random.default_rng(self.random_seed)
@@ -207,6 +207,7 @@ class ImageHarmonizer(SavedModel):
         raise NotImplementedError
 
     # ------------------------------------------------------------------ fit/transform
+    @with_own_threads
     def fit(self, scans: ImageSet) -> "ImageHarmonizer":
         """Learn the reference site's appearance (and whatever else the method needs)."""
         scans.validate()
@@ -229,6 +230,7 @@ class ImageHarmonizer(SavedModel):
         LOGGER.info("%s fitted on %d scans (reference %s) in %.1f s", self.name, len(scans), reference, self.fit_seconds_)
         return self
 
+    @with_own_threads
     def transform_scan(self, image, mask, site: str, covariates: dict | None = None) -> tuple[np.ndarray, dict]:
         """Map one scan to the reference site.
 

@@ -38,6 +38,7 @@ import numpy as np
 
 from ..harmonize.errors import HarmonizerInputError, HarmonizerParameterError
 from ..harmonize.image_base import ImageHarmonizer, ImageSet, arrays_to_module, module_to_arrays
+from ..utils.threads import with_own_threads
 from .data import SliceGeometry, denormalize_intensity, normalize_intensity
 
 LOGGER = logging.getLogger("bidsharmony")
@@ -279,11 +280,11 @@ class BlindHarmony(ImageHarmonizer):
         with torch.no_grad():
             return float(-self.flow_.log_prob(x).mean() / x[0].numel() / math.log(2))
 
+    @with_own_threads
     def harmonize_slices(self, source, brain=None):
         """Algorithm 1 on normalised slices ``(n, H, W)`` of this grid; returns (slices, info)."""
         import torch
 
-        torch.set_num_threads(self.num_threads)
         x_s = torch.from_numpy(np.asarray(source, np.float32))[:, None]
         brain_t = None if brain is None else torch.from_numpy(np.asarray(brain, np.float32))[:, None]
         start = torch.from_numpy(self.mean_slices_)[:, None]

@@ -36,6 +36,7 @@ import numpy as np
 
 from ..harmonize.errors import HarmonizerInputError, HarmonizerParameterError, TrainingError
 from ..harmonize.image_base import ImageHarmonizer, ImageSet, arrays_to_module, module_to_arrays
+from ..utils.threads import with_own_threads
 
 from .data import SliceGeometry, denormalize_intensity, normalize_intensity
 
@@ -379,6 +380,7 @@ class HarmonizingFlows(ImageHarmonizer):
         return history
 
     # ------------------------------------------------------------------ adaptation
+    @with_own_threads
     def adapt(self, x, brain):
         """Eq. 6: a copy of the pretrained harmonizer adapted to slices ``x`` (n, 1, S, S).
 
@@ -394,7 +396,6 @@ class HarmonizingFlows(ImageHarmonizer):
 
         self._check_fitted()
         torch.manual_seed(self.random_seed)
-        torch.set_num_threads(self.num_threads)
         harmonizer = copy.deepcopy(self.harmonizer_)
         harmonizer.train()
         optimizer = torch.optim.Adam(harmonizer.parameters(), lr=self.adaptation_learning_rate)

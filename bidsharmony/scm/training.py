@@ -11,7 +11,6 @@ harmonizer trains the covariates' mechanisms first, then the features' with thes
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
 import math
@@ -22,6 +21,7 @@ import numpy as np
 import torch
 
 from ..harmonize.errors import TrainingError
+from ..utils.threads import torch_threads
 
 LOGGER = logging.getLogger(__name__)
 
@@ -66,17 +66,6 @@ class TrainingConfig:
 
     def to_dict(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
-
-
-@contextlib.contextmanager
-def torch_threads(num_threads: int):
-    """Run a block with ``torch.set_num_threads(num_threads)``, restoring the previous value."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(max(1, int(num_threads)))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def seed_everything(seed: int) -> torch.Generator:

@@ -37,7 +37,8 @@ from ...harmonize.errors import CovariateError, HarmonizerParameterError, NotEno
 from ...scm import flows
 from ...scm.graph import CausalGraph, harmonization_graph
 from ...scm.model import DTYPE, FlowSCM
-from ...scm.training import TrainingConfig, evaluate_log_prob, seed_everything, torch_threads, train_scm
+from ...scm.training import TrainingConfig, evaluate_log_prob, seed_everything, train_scm
+from ...utils.threads import torch_threads
 from . import adaptation
 
 LOGGER = logging.getLogger(__name__)

@@ -60,6 +60,7 @@ import torch
 
 from ...utils.rowwise import padded_chunks
 from ...utils.rowwise_torch import fixed_order_products
+from ...utils.threads import torch_threads
 from ...harmonize import validation
 from ...harmonize.base import Harmonizer
 from ...harmonize.errors import CovariateError, HarmonizerParameterError, NotFittedError
@@ -326,25 +327,20 @@ class EquivariantPooling(Harmonizer):
         if target is not None:
             target_tensor = (torch.as_tensor(target, dtype=torch.long) if self.target_info_["kind"] == "classification"
                              else to_tensor(target))
-        previous = torch.get_num_threads()
-        torch.set_num_threads(self.num_threads)
-        try:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(self.random_seed)
-                generator = torch.Generator().manual_seed(self.random_seed)
-                network = self._build()
-                table = None
-                if network.equivariant:
-                    table = covariate_group_table(self.latent_dim, self.n_age_bins_, scale=self.generator_scale,
-                                                  kind=self.group_map, dtype=DTYPE)
-                LOGGER.info("equivariant-pooling (%s): %d scans x %d features, %d sites, %d age groups of %g y, "
-                            "SO(%d), representation of %d numbers, target %s", self.variant, data.n_rows,
-                            len(self.feature_names_), len(self.sites_), self.n_age_bins_, self.age_bin_width,
-                            self.latent_dim, len(self.output_columns), self.target)
-                stage1 = train_stage_one(network, x, bins, table, config, generator)
-                stage2 = train_stage_two(network, x, sites, target_tensor, config, generator)
-        finally:
-            torch.set_num_threads(previous)
+        with torch_threads(self.num_threads), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.random_seed)
+            generator = torch.Generator().manual_seed(self.random_seed)
+            network = self._build()
+            table = None
+            if network.equivariant:
+                table = covariate_group_table(self.latent_dim, self.n_age_bins_, scale=self.generator_scale,
+                                              kind=self.group_map, dtype=DTYPE)
+            LOGGER.info("equivariant-pooling (%s): %d scans x %d features, %d sites, %d age groups of %g y, "
+                        "SO(%d), representation of %d numbers, target %s", self.variant, data.n_rows,
+                        len(self.feature_names_), len(self.sites_), self.n_age_bins_, self.age_bin_width,
+                        self.latent_dim, len(self.output_columns), self.target)
+            stage1 = train_stage_one(network, x, bins, table, config, generator)
+            stage2 = train_stage_two(network, x, sites, target_tensor, config, generator)
         self.network_ = network
         self.training_ = {"stage1": stage1, "stage2": stage2, "config": config.to_dict()}
 
@@ -364,20 +360,15 @@ class EquivariantPooling(Harmonizer):
         self._check_network()
         inputs = to_tensor(self._inputs(data))
         pieces = []
-        previous = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            with fixed_order_products():
-                for start, stop, positions in padded_chunks(data.n_rows, _CHUNK_ROWS):
-                    latent = self.network_.encode(inputs.index_select(0, torch.as_tensor(positions)))
-                    parts = self.network_.represent(latent)
-                    piece = {"latent": latent, "phi": parts["phi"].flatten(1),
-                             "invariant": parts["invariant"].flatten(1), "tau": parts["tau"]}
-                    if self.network_.h is not None:
-                        piece["prediction"] = self.network_.predict(parts["phi"])
-                    pieces.append({k: None if v is None else v[:stop - start].numpy() for k, v in piece.items()})
-        finally:
-            torch.set_num_threads(previous)
+        with torch_threads(1), fixed_order_products():
+            for start, stop, positions in padded_chunks(data.n_rows, _CHUNK_ROWS):
+                latent = self.network_.encode(inputs.index_select(0, torch.as_tensor(positions)))
+                parts = self.network_.represent(latent)
+                piece = {"latent": latent, "phi": parts["phi"].flatten(1),
+                         "invariant": parts["invariant"].flatten(1), "tau": parts["tau"]}
+                if self.network_.h is not None:
+                    piece["prediction"] = self.network_.predict(parts["phi"])
+                pieces.append({k: None if v is None else v[:stop - start].numpy() for k, v in piece.items()})
         return {k: None if pieces[0][k] is None else np.concatenate([p[k] for p in pieces]) for k in pieces[0]}
 
     def _transform(self, data: validation.PreparedData) -> np.ndarray:
