@@ -52,7 +52,8 @@ def design_warnings(covariates: pd.DataFrame, *, min_site_size: int = 30, min_ag
     list of dict
         ``{"code", "sites", "message"}``; ``code`` is one of ``small_site``,
         ``age_no_overlap``, ``age_poor_overlap``, ``single_sex_site``,
-        ``diagnosis_missing_at_site``.
+        ``diagnosis_missing_at_site``. The two age codes also hold ``pair`` (the two site
+        labels), ``overlap`` and ``min_overlap`` (fractions of the narrower range).
     """
     sites = site_labels(covariates).astype(str)
     group = group_labels(covariates, groups)
@@ -77,13 +78,14 @@ def design_warnings(covariates: pd.DataFrame, *, min_site_size: int = 30, min_ag
                 overlap = age_overlap(xa, xb)
                 ranges = (f"site {a}: {xa.min():.0f}-{xa.max():.0f} y, site {b}: "
                           f"{xb.min():.0f}-{xb.max():.0f} y")
+                pair = {"sites": f"{a},{b}", "pair": [a, b], "overlap": overlap, "min_overlap": min_age_overlap}
                 if overlap == 0.0:
-                    out.append({"code": "age_no_overlap", "sites": f"{a},{b}", "message":
+                    out.append({"code": "age_no_overlap", **pair, "message":
                                 f"The age ranges of sites {a} and {b} do not overlap ({ranges}). Age and site "
                                 "are confounded: no method can tell an ageing effect from a site effect "
                                 "between them; results there rest on extrapolation."})
                 elif overlap < min_age_overlap:
-                    out.append({"code": "age_poor_overlap", "sites": f"{a},{b}", "message":
+                    out.append({"code": "age_poor_overlap", **pair, "message":
                                 f"The age ranges of sites {a} and {b} overlap for only {100 * overlap:.0f}% "
                                 f"of the narrower range ({ranges}): site effects there are partly "
                                 "extrapolated."})

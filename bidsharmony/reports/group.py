@@ -567,18 +567,68 @@ def _glance_section(results) -> str:
     return "<h2 id='glance'>At a glance</h2>" + glance if glance else ""
 
 
+_AGE_PAIR_CODES = ("age_no_overlap", "age_poor_overlap")
+
+
 def _design_section(results, writer) -> str:
-    """The design warnings, the table of sites and the design figure."""
-    warn_html = "".join(f"<div class='warn'>{_esc(w['message'])}</div>" for w in results.warnings
-                        if w.get("code") != "harmonizer_failed")
+    """The design warnings, the table of sites and the design figure.
+
+    Age-overlap warnings come one per pair of sites (120 pairs for 16 sites), so they are
+    condensed into one paragraph and two columns of the site table.
+    """
+    age_pairs = [w for w in results.warnings if w.get("code") in _AGE_PAIR_CODES and "pair" in w]
+    warn_html = _age_overlap_note(age_pairs, len(results.sites)) + "".join(
+        f"<div class='warn'>{_esc(w['message'])}</div>" for w in results.warnings
+        if w.get("code") != "harmonizer_failed" and w not in age_pairs)
     site_headers = {"n_scans": "scans", "n_participants": "participants", "age_min": "age min", "age_max": "age max",
                     "age_mean": "age mean", "age_sd": "age SD", "n_female": "female", "n_male": "male",
-                    "diagnosis_counts": "diagnosis"}
+                    "diagnosis_counts": "diagnosis", "age_apart": "no age overlap with",
+                    "age_partial": "little age overlap with (% of the narrower range)"}
+    sites = _with_age_overlap_columns(results.sites, age_pairs)
     return ("<h2 id='design'>Data and warnings</h2>"
             + (warn_html or "<div class='ok'>No design problems found (site sizes, age overlap, sex and "
                "diagnosis coverage).</div>")
-            + _table(results.sites, site_headers, left=("site", "diagnosis_counts"), digits=1)
+            + _table(sites, site_headers, left=("site", "diagnosis_counts", "age_apart", "age_partial"), digits=1)
             + _fig_design(results, writer))
+
+
+def _age_overlap_note(age_pairs: list, n_sites: int) -> str:
+    if not age_pairs:
+        return ""
+    n_apart = sum(w["code"] == "age_no_overlap" for w in age_pairs)
+    n_partial = len(age_pairs) - n_apart
+    threshold = 100 * min(w["min_overlap"] for w in age_pairs)
+    n_pairs = n_sites * (n_sites - 1) // 2
+    parts = []
+    if n_apart:
+        parts.append(f"{n_apart} of the {n_pairs} pairs of sites have age ranges that do not overlap: between "
+                     "them age and site are confounded, and no method can tell an ageing effect from a site "
+                     "effect")
+    if n_partial:
+        parts.append(f"{n_partial} pairs overlap for less than {threshold:.0f}% of the narrower range, so site "
+                     "effects there are partly extrapolated")
+    return (f"<div class='warn'>{'; '.join(parts)}. The last columns of the site table name the sites "
+            "concerned; the figure below shows each site's ages.</div>")
+
+
+def _with_age_overlap_columns(sites: pd.DataFrame, age_pairs: list) -> pd.DataFrame:
+    """``sites`` plus, per site, the sites it shares no or little age range with."""
+    if not age_pairs or sites is None or sites.empty:
+        return sites
+    apart = {site: [] for site in sites["site"].astype(str)}
+    partial = {site: [] for site in apart}
+    for w in age_pairs:
+        a, b = (str(s) for s in w["pair"])
+        if w["code"] == "age_no_overlap":
+            apart[a].append(b)
+            apart[b].append(a)
+        else:
+            partial[a].append(f"{b} ({100 * w['overlap']:.0f}%)")
+            partial[b].append(f"{a} ({100 * w['overlap']:.0f}%)")
+    out = sites.copy()
+    out["age_apart"] = [", ".join(sorted(apart[s])) for s in out["site"].astype(str)]
+    out["age_partial"] = [", ".join(sorted(partial[s])) for s in out["site"].astype(str)]
+    return out
 
 
 def _summary_section(results) -> str:

@@ -102,3 +102,18 @@ def test_report_shows_design_warnings_and_chosen_rois(tmp_path):
         assert (path.parent / ref).is_file()
     with pytest.raises(ValueError, match="not feature columns"):
         write_group_report(results, tmp_path, rois=["nope"])
+
+
+def test_age_overlap_warnings_are_one_paragraph_and_a_column_not_one_per_pair(tmp_path):
+    rng = np.random.default_rng(0)
+    sites = [f"S{k}" for k in range(8)]
+    covariates = pd.DataFrame({"site": np.repeat(sites, 6), "sex": ["M", "F"] * 24,
+                               "age": np.concatenate([10 * k + 20 + rng.uniform(0, 5, 6) for k in range(8)])})
+    covariates.index = [f"scan{k}" for k in range(len(covariates))]
+    features = pd.DataFrame(rng.normal(50, 1, (48, 3)), index=covariates.index, columns=["a", "b", "c"])
+    results = evaluate_harmonizers(features, covariates, {"site-mean": SiteMean}, n_splits=2, metrics=("site",))
+    assert sum(w["code"] == "age_no_overlap" for w in results.warnings) == 28  # every pair, kept for the JSON
+    page = write_group_report(results, tmp_path).read_text()
+    assert page.count("do not overlap") == 1 and "28 of the 28 pairs of sites" in page
+    s0_row = re.search(r"<tr><td class='l'>S0</td>.*?</tr>", page).group(0)
+    assert "S1, S2, S3, S4, S5, S6, S7" in s0_row
