@@ -112,6 +112,7 @@ class Config:
     adapt_new_site: bool = False
     min_site_size: int = 10
     evaluate: bool = False
+    evaluate_repeats: int = 3
     templateflow_home: Path | None = None
     verbosity: int = 0
     version: str = __version__

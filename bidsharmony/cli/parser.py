@@ -285,6 +285,11 @@ def _add_group_options(parser: argparse.ArgumentParser) -> None:
         "--evaluate", action="store_true",
         help="compare the harmonizers leakage-safely (cross-validated) and write an HTML report",
     )
+    group.add_argument(
+        "--evaluate-repeats", type=_positive_int, default=3,
+        help="--evaluate: repeat the cross-validation with new folds and seeds (--random-seed, +1, ...) "
+             "this many times; the report's ± is the SD over all folds of all repeats",
+    )
 
 
 def parse_args(argv: list[str] | None = None) -> Config:

@@ -9,6 +9,7 @@ Metrics (each a plain function, usable alone)
 :func:`traveling_subject_icc`    ICC(2,1) (and ICC(3,1)) of each feature across sites; :func:`icc`
 :func:`site_mmd`                 unbiased MMD² between sites (RBF, median heuristic); :func:`mmd2_unbiased`
 :func:`design_warnings`          small sites, non-overlapping age ranges, confounded sex/diagnosis
+:func:`recommend_method`         the method the figures favour, with the reason
 :func:`evaluate_representation`  ΔEq, Adv, M, ACC of a learnt representation (Lokhande et al. 2022)
 
 Protocol
@@ -36,6 +37,7 @@ from .prediction import (
     summarize_cross_site,
 )
 from .protocols import FoldData, cross_fit, harmonize_in_folds, mask_covariate
+from .recommend import recommend_method
 from .representation import equivariance_gap, evaluate_representation, site_adversary
 from .site import chance_levels, site_predictability, site_predictability_from_folds
 
@@ -44,7 +46,7 @@ __all__ = [
     "FoldData", "IdentityHarmonizer", "MLPClassifier", "MLPRegressor", "age_overlap", "build_mlp",
     "chance_levels", "cross_fit", "cross_site_from_folds", "cross_site_prediction", "design_warnings",
     "effect_size_agreement", "effect_sizes", "equivariance_gap", "evaluate_harmonizers", "evaluate_representation", "harmonize_in_folds", "icc",
-    "make_folds", "make_predictor", "mask_covariate", "median_heuristic", "mmd2_unbiased", "site_mmd",
+    "make_folds", "make_predictor", "mask_covariate", "median_heuristic", "mmd2_unbiased", "recommend_method", "site_mmd",
     "site_adversary", "site_predictability", "site_predictability_from_folds", "summarize", "summarize_cross_site",
     "traveling_subject_icc", "truth_error",
 ]

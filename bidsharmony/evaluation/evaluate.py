@@ -31,6 +31,7 @@ from ._common import (
 from .agreement import traveling_subject_icc, truth_error
 from .biology import effect_size_agreement, effect_sizes
 from .design import design_warnings
+from .recommend import recommend_method
 from .distance import site_mmd
 from .prediction import cross_site_from_folds, summarize_cross_site
 from .protocols import cross_fit, default_mask_columns, harmonize_in_folds
@@ -96,6 +97,7 @@ class EvaluationResults:
     config: dict
     failed: dict = field(default_factory=dict)
     models: dict = field(default_factory=dict)
+    recommendation: dict = field(default_factory=dict)
 
     _TABLES = ("summary", "site_predictability", "site_predictability_folds", "cross_site", "cross_site_folds",
                "effect_sizes", "effect_agreement", "truth_error", "icc", "mmd", "log_likelihood", "fit_log",
@@ -108,7 +110,7 @@ class EvaluationResults:
     def to_dict(self) -> dict:
         """JSON-ready summary: configuration, warnings, failures and the summary table."""
         return {"config": self.config, "methods": self.methods, "raw_method": self.raw_method,
-                "warnings": self.warnings, "failed": self.failed,
+                "warnings": self.warnings, "failed": self.failed, "recommendation": self.recommendation,
                 "summary": _records(self.summary), "site_predictability": _records(self.site_predictability),
                 "cross_site": _records(self.cross_site), "effect_agreement": _records(self.effect_agreement),
                 "sites": _records(self.sites)}
@@ -159,7 +161,7 @@ def evaluate_harmonizers(features: pd.DataFrame, covariates: pd.DataFrame, harmo
                          mlp_params: dict | None = None, n_threads: int | None = 1,
                          mmd_max_per_site: int = 500, min_site_size: int = 30, include_raw: bool = True,
                          raw_name: str = "raw", on_error: str = "raise",
-                         keep_models: bool = False) -> EvaluationResults:
+                         keep_models: bool = False, n_repeats: int = 1) -> EvaluationResults:
     """Evaluate raw features and each harmonizer with every metric, leakage-safely.
 
     Parameters
@@ -207,7 +209,13 @@ def evaluate_harmonizers(features: pd.DataFrame, covariates: pd.DataFrame, harmo
         What to do when a harmonizer fails on a fold: stop, or record it (``failed`` and
         ``warnings``) and go on with the other methods.
     keep_models : bool
-        Keep the fitted per-fold harmonizers in ``results.models``.
+        Keep the fitted per-fold harmonizers in ``results.models`` (first repeat).
+    n_repeats : int
+        Repeat the cross-validation with new folds (seed ``seed + r``), new classifier and
+        predictor seeds and every harmonizer's ``random_seed`` shifted by ``r``; site
+        predictability and cross-site prediction are then averaged, and their SD taken, over
+        all repeats × folds. The descriptive metrics (effect sizes, MMD, ICC, error to the
+        truth) and the report's plots use the first repeat's cross-fitted tables.
 
     Returns
     -------
@@ -217,6 +225,8 @@ def evaluate_harmonizers(features: pd.DataFrame, covariates: pd.DataFrame, harmo
     check_tables(features, covariates)
     truth = _check_truth(truth, features)
     metrics = _check_options(metrics, on_error)
+    if int(n_repeats) < 1:
+        raise EvaluationUsageError(f"n_repeats must be at least 1, got {n_repeats}")
     specs = as_mapping(harmonizers)
     factories, methods, raw_name, include_raw = _methods(specs, include_raw, raw_name)
     folds = make_folds(covariates, n_splits, groups=groups, seed=seed)
@@ -229,25 +239,34 @@ def evaluate_harmonizers(features: pd.DataFrame, covariates: pd.DataFrame, harmo
     warning_list = design_warnings(covariates, min_site_size=min_site_size, groups=groups,
                                    diagnosis_column=diagnosis_column)
     fitted = _FoldTables()
-    for method in methods:
-        factory = None if method == raw_name else factories[method]
-        fold_data = _fit_in_folds(method, factory, features, covariates, folds, fitted, warning_list,
-                                  mask_columns=mask_columns, keep_models=keep_models, on_error=on_error)
-        if fold_data is None:
-            continue
-        if "site" in metrics:
-            summary, per_fold = site_predictability_from_folds(fold_data, covariates, method=method,
-                                                               classifier=site_classifier, seed=seed,
-                                                               adjust_for=site_adjust_for,
-                                                               diagnosis_column=diagnosis_column, **mlp)
-            fitted.site_rows.append(summary)
-            fitted.site_folds.append(per_fold)
-        if "cross_site" in metrics and AGE in covariates.columns:
-            fitted.cross_parts.append(cross_site_from_folds(
-                fold_data, covariates, method=method, predictor=predictor, sources=cross_site_sources,
-                diagnosis_column=diagnosis_column, use_masked=bool(mask_columns) and factory is not None,
-                seed=seed, **mlp))
+    for repeat in range(int(n_repeats)):
+        repeat_folds = folds if repeat == 0 else make_folds(covariates, n_splits, groups=groups, seed=seed + repeat)
+        for method in methods:
+            if method in fitted.failed:
+                continue
+            factory = None if method == raw_name else _reseeded(factories[method], repeat)
+            fold_data = _fit_in_folds(method, factory, features, covariates, repeat_folds, fitted, warning_list,
+                                      repeat=repeat, mask_columns=mask_columns, keep_models=keep_models,
+                                      on_error=on_error)
+            if fold_data is None:
+                continue
+            if "site" in metrics:
+                summary, per_fold = site_predictability_from_folds(fold_data, covariates, method=method,
+                                                                   classifier=site_classifier, seed=seed + repeat,
+                                                                   adjust_for=site_adjust_for,
+                                                                   diagnosis_column=diagnosis_column, **mlp)
+                fitted.site_rows.append({**summary, "repeat": repeat})
+                fitted.site_folds.append(per_fold.assign(repeat=repeat))
+            if "cross_site" in metrics and AGE in covariates.columns:
+                fitted.cross_parts.append(cross_site_from_folds(
+                    fold_data, covariates, method=method, predictor=predictor, sources=cross_site_sources,
+                    diagnosis_column=diagnosis_column, use_masked=bool(mask_columns) and factory is not None,
+                    seed=seed + repeat, **mlp).assign(repeat=repeat))
+        if n_repeats > 1:
+            LOGGER.info("evaluation repeat %d/%d done in %.0f s", repeat + 1, n_repeats,
+                        time.perf_counter() - started_all)
     methods = [m for m in methods if m not in fitted.failed]
+    fitted.drop(fitted.failed)
 
     described = _describe_cross_fitted(
         fitted.harmonized, methods, features, covariates, truth, metrics, raw_name=raw_name,
@@ -257,23 +276,24 @@ def evaluate_harmonizers(features: pd.DataFrame, covariates: pd.DataFrame, harmo
     cross_folds = _stack(fitted.cross_parts)
     cross = summarize_cross_site(cross_folds, raw_method=raw_name if raw_name in methods else None) \
         if len(cross_folds) else pd.DataFrame(columns=["method"])
-    site_rows = fitted.site_rows
+    site_rows = _pool_repeats(fitted.site_rows, _stack(fitted.site_folds))
     results = EvaluationResults(
         methods=methods, raw_method=raw_name if raw_name in methods else None,
         summary=pd.DataFrame(),
-        site_predictability=pd.DataFrame(site_rows) if site_rows else pd.DataFrame(columns=["method"]),
+        site_predictability=site_rows,
         site_predictability_folds=_stack(fitted.site_folds), cross_site=cross, cross_site_folds=cross_folds,
         **{name: _stack(parts) for name, parts in described.items()},
         log_likelihood=_stack([pd.DataFrame(fitted.ll_rows)]), fit_log=_stack([pd.DataFrame(fitted.fit_rows)]),
         sites=site_table(covariates, groups, diagnosis_column), warnings=warning_list,
         harmonized=fitted.harmonized, features=features, covariates=covariates, truth=truth, folds=folds,
         failed=fitted.failed, models=fitted.models,
-        config=_config(specs, features, sites, metrics, n_splits=n_splits, seed=seed,
+        config=_config(specs, features, sites, metrics, n_splits=n_splits, n_repeats=int(n_repeats), seed=seed,
                        site_classifier=site_classifier, site_adjust_for=site_adjust_for,
                        predictor=predictor, mlp_epochs=mlp_epochs, diagnosis_column=diagnosis_column,
                        reference_site=reference_site, mask_target_in_transform=mask_target_in_transform),
     )
     results.summary = summarize(results)
+    results.recommendation = recommend_method(results.summary, results.raw_method)
     results.config["seconds"] = round(time.perf_counter() - started_all, 2)
     return results
 
@@ -325,9 +345,55 @@ class _FoldTables:
     fit_rows: list = field(default_factory=list)
     ll_rows: list = field(default_factory=list)
 
+    def drop(self, methods) -> None:
+        """Forget the scores of ``methods`` (failed in a later repeat: no partial averages)."""
+        methods = set(methods)
+        self.site_rows = [r for r in self.site_rows if r["method"] not in methods]
+        self.site_folds = [t for t in self.site_folds if not t["method"].isin(methods).any()]
+        self.cross_parts = [t for t in self.cross_parts if not t["method"].isin(methods).any()]
+        self.fit_rows = [r for r in self.fit_rows if r["method"] not in methods]
+        self.ll_rows = [r for r in self.ll_rows if r["method"] not in methods]
+        for method in methods:
+            self.harmonized.pop(method, None)
+            self.models.pop(method, None)
+
+
+def _reseeded(factory, repeat: int):
+    """``factory`` whose harmonizers get ``random_seed + repeat`` (unchanged for repeat 0 or
+    for harmonizers without an integer ``random_seed`` parameter)."""
+    if factory is None or repeat == 0:
+        return factory
+
+    def make():
+        harmonizer = factory()
+        seed = harmonizer.get_params().get("random_seed") if hasattr(harmonizer, "get_params") else None
+        if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
+            harmonizer.set_params(random_seed=int(seed) + repeat)
+        return harmonizer
+
+    return make
+
+
+def _pool_repeats(site_rows: list, site_folds: pd.DataFrame) -> pd.DataFrame:
+    """One site-predictability row per method: the repeats' pooled balanced accuracies
+    averaged, mean and SD over every repeat × fold."""
+    if not site_rows:
+        return pd.DataFrame(columns=["method"])
+    table = pd.DataFrame(site_rows)
+    out = table.groupby("method", sort=False).first().reset_index()
+    pooled = table.groupby("method", sort=False)
+    folds = site_folds.groupby("method", sort=False)["balanced_accuracy"]
+    out["balanced_accuracy"] = pooled["balanced_accuracy"].mean().to_numpy()
+    out["accuracy"] = pooled["accuracy"].mean().to_numpy()
+    out["balanced_accuracy_mean"] = folds.mean().reindex(out["method"]).to_numpy()
+    out["balanced_accuracy_sd"] = folds.std().reindex(out["method"]).to_numpy()
+    out["n_folds"] = pooled["n_folds"].sum().to_numpy()
+    out["n_repeats"] = pooled.size().to_numpy()
+    return out.drop(columns="repeat")
+
 
 def _fit_in_folds(method: str, factory, features, covariates, folds, fitted: _FoldTables, warning_list: list, *,
-                  mask_columns, keep_models: bool, on_error: str):
+                  repeat: int, mask_columns, keep_models: bool, on_error: str):
     """Fit ``method`` in every training fold and record its fit log and cross-fitted table.
 
     Returns the per-fold data, or None when the method failed and ``on_error`` is "warn"
@@ -346,16 +412,17 @@ def _fit_in_folds(method: str, factory, features, covariates, folds, fitted: _Fo
                              f"Harmonizer {method} failed and is left out of the comparison ({message})."})
         LOGGER.warning("harmonizer %s failed: %s", method, message)
         return None
-    if keep_models:
+    if keep_models and repeat == 0:
         fitted.models[method] = [fd.harmonizer for fd in fold_data]
     for fd in fold_data:
-        fitted.fit_rows.append({"method": method, "fold": fd.fold.index, "n_train": len(fd.fold.train),
+        fitted.fit_rows.append({"method": method, "repeat": repeat, "fold": fd.fold.index, "n_train": len(fd.fold.train),
                                 "n_test": len(fd.fold.test), "fit_seconds": fd.fit_seconds,
                                 "transform_seconds": fd.transform_seconds})
-        fitted.ll_rows.append({"method": method, "fold": fd.fold.index,
+        fitted.ll_rows.append({"method": method, "repeat": repeat, "fold": fd.fold.index,
                                "log_likelihood_train": fd.log_likelihood_train,
                                "log_likelihood_test": fd.log_likelihood_test})
-    fitted.harmonized[method] = cross_fit(fold_data, features)
+    if repeat == 0:
+        fitted.harmonized[method] = cross_fit(fold_data, features)
     return fold_data
 
 
@@ -401,11 +468,12 @@ def _stack(parts, first=("method",)) -> pd.DataFrame:
     return table[list(first) + [c for c in table.columns if c not in first]]
 
 
-def _config(specs: dict, features, sites, metrics, *, n_splits: int, seed: int, site_classifier,
+def _config(specs: dict, features, sites, metrics, *, n_splits: int, n_repeats: int, seed: int, site_classifier,
             site_adjust_for, predictor, mlp_epochs: int, diagnosis_column, reference_site,
             mask_target_in_transform: bool) -> dict:
     """The settings of one evaluation, as recorded in ``results.config`` and the report."""
-    return {"n_splits": n_splits, "seed": seed, "metrics": list(metrics),
+    return {"n_splits": n_splits, "n_repeats": n_repeats, "seeds": list(range(seed, seed + n_repeats)),
+            "seed": seed, "metrics": list(metrics),
             "site_classifier": str(site_classifier),
             "site_adjust_for": ",".join(site_adjust_for or ()) or "nothing", "predictor": str(predictor),
             "mlp_epochs": mlp_epochs,
@@ -419,12 +487,31 @@ def _config(specs: dict, features, sites, metrics, *, n_splits: int, seed: int, 
             "mmd": "unbiased MMD², RBF kernel, median-heuristic bandwidth, z-scored features"}
 
 
+_CROSS_SITE_HEADLINES = {("age", "mae"): "cross_site_age_mae", ("diagnosis", "accuracy"): "cross_site_diagnosis_accuracy"}
+
+
+def _cross_site_sd(per_fold: pd.DataFrame) -> dict:
+    """``{(method, "<headline>_sd"): SD}`` of each cross-site headline (the mean over source →
+    target pairs) across folds × repeats."""
+    if per_fold is None or per_fold.empty:
+        return {}
+    off = per_fold[per_fold["source_site"] != per_fold["target_site"]]
+    split = [c for c in ("repeat", "fold") if c in off]
+    out = {}
+    for (method, task, metric), group in off.groupby(["method", "task", "metric"]):
+        column = _CROSS_SITE_HEADLINES.get((task, metric))
+        if column:
+            out[(method, f"{column}_sd")] = float(group.groupby(split)["value"].mean().std())
+    return out
+
+
 def summarize(results: EvaluationResults) -> pd.DataFrame:
     """One row per method with the headline number of each metric (see :data:`SUMMARY_COLUMNS`);
     a ``TarOnly`` row carries the cross-site upper bound."""
     rows = {m: {"method": m} for m in results.methods}
     for _, row in results.site_predictability.iterrows():
-        rows[row["method"]].update(site_balanced_accuracy=row["balanced_accuracy"], site_chance=row["chance"],
+        rows[row["method"]].update(site_balanced_accuracy=row["balanced_accuracy"],
+                                   site_balanced_accuracy_sd=row["balanced_accuracy_sd"], site_chance=row["chance"],
                                    site_chance_upper95=row["chance_upper95"])
     mmd = results.mmd
     if len(mmd):
@@ -438,10 +525,11 @@ def summarize(results: EvaluationResults) -> pd.DataFrame:
     if len(cross) and "task" in cross:
         off = cross[cross["source_site"] != cross["target_site"]]
         for (method, task, metric), value in off.groupby(["method", "task", "metric"])["value"].mean().items():
-            column = {("age", "mae"): "cross_site_age_mae",
-                      ("diagnosis", "accuracy"): "cross_site_diagnosis_accuracy"}.get((task, metric))
+            column = _CROSS_SITE_HEADLINES.get((task, metric))
             if column:
                 rows.setdefault(method, {"method": method})[column] = float(value)
+        for (method, column), value in _cross_site_sd(results.cross_site_folds).items():
+            rows.setdefault(method, {"method": method})[column] = value
     agreement = results.effect_agreement
     if len(agreement):
         for _, row in agreement.iterrows():
@@ -471,5 +559,7 @@ def summarize(results: EvaluationResults) -> pd.DataFrame:
                  "age_effect_r_vs_truth", "sex_effect_r_vs_raw", "sex_effect_r_vs_truth", "nrmse_to_truth",
                  "nrmse_centered_to_truth",
                  "icc_2_1_median", "icc_3_1_median", "log_likelihood_train", "log_likelihood_test", "fit_seconds"]
+    # every headline number followed by its SD (over folds × repeats) where it has one
+    preferred = [c for column in preferred for c in (column, f"{column}_sd")]
     return table[[c for c in preferred if c in table.columns]
                  + [c for c in table.columns if c not in preferred]]

@@ -164,7 +164,7 @@ def _fig_site_predictability(results, writer) -> str:
     ax.legend(loc="lower right", fontsize=8)
     return writer.save(fig, "site_predictability",
                        "How well a classifier recognises the site of a scan from its features (cross-validated; "
-                       "error bars: SD over folds). After a successful harmonization the bar should fall to the "
+                       "error bars: SD over the folds of every repeat). After a successful harmonization the bar should fall to the "
                        "dashed chance line, inside the grey band.", "site predictability bars")
 
 
@@ -383,6 +383,14 @@ def _glance(results) -> str:
             return float(value) if pd.notna(value) else None
         return None
 
+    recommendation = getattr(results, "recommendation", None) or {}
+    if recommendation.get("method"):
+        items.append(f"<b>Recommended for this data: {_esc(recommendation['method'])}</b> — "
+                     f"{_esc(recommendation['reason'])}. (Rule: methods that change the age effects are "
+                     "excluded; differences smaller than one SD over folds and repeats are not taken as real.)"
+                     + "".join(f" {_esc(m)} excluded: {_esc(why)}." for m, why in recommendation["excluded"].items()))
+    elif recommendation.get("reason"):
+        items.append(f"<b>No method recommended</b>: {_esc(recommendation['reason'])}.")
     if "site_balanced_accuracy" in summary.columns:
         chance = val(results.methods[0], "site_chance")
         upper = val(results.methods[0], "site_chance_upper95")
@@ -641,16 +649,30 @@ def _summary_section(results) -> str:
     rows = []
     for column in summary.columns:
         values = summary[column]
-        if values.isna().all():
+        if values.isna().all() or (column.endswith("_sd") and column[:-3] in summary):
             continue
+        if f"{column}_sd" in summary:
+            values = pd.Series({m: _with_sd(values[m], summary.at[m, f"{column}_sd"]) for m in summary.index})
         label, better = SUMMARY_COLUMNS.get(column, (column, ""))
         rows.append({"metric": label, "better is": better, **{m: values[m] for m in summary.index}})
     table = pd.DataFrame(rows)
     headers = {m: _method_label(results, m) if m != "TarOnly" else "TarOnly (cross-site upper bound)"
                for m in summary.index}
+    cfg = results.config
+    n_repeats = int(cfg.get("n_repeats", 1))
+    spread = (f"{cfg.get('n_splits')} folds × {n_repeats} repeats (seeds {', '.join(map(str, cfg.get('seeds', [])))}; "
+              "each repeat has new folds and reseeds the harmonizers and classifiers)" if n_repeats > 1 else
+              f"the {cfg.get('n_splits')} folds of one repeat (more with --evaluate-repeats)")
     return ("<h2 id='summary'>Comparison table</h2><p class='note'>One column per method, one row per "
             "headline number; a dash means the metric does not apply. Each is explained in the "
-            "sections below.</p>" + _table(table, headers, left=("metric", "better is")))
+            f"sections below. ± is the SD over {_esc(spread)}.</p>"
+            + _table(table, headers, left=("metric", "better is")))
+
+
+def _with_sd(value, sd) -> str | float:
+    if not np.isfinite(value) or not np.isfinite(sd):
+        return value
+    return f"{value:.3f} ± {sd:.3f}"
 
 
 def _site_section(results, writer, adjusted: str) -> str:

@@ -174,13 +174,17 @@ def _evaluate(config, methods, group, out_dir: Path) -> Path:
         for m in methods if registry.method(m).output == registry.FEATURES
     }
     covariates = pd.concat([group.ids[["participant_id"]], group.covariates], axis=1)
-    LOGGER.info("Evaluating %s leakage-safely (cross-validated; every fold refits)", ", ".join(factories))
+    LOGGER.info("Evaluating %s leakage-safely (cross-validated, %d repeats; every fold refits)",
+                ", ".join(factories), config.evaluate_repeats)
     results = evaluate_harmonizers(
         group.features, covariates, factories, seed=config.random_seed,
         reference_site=config.reference_site, min_site_size=config.min_site_size,
-        n_threads=config.omp_nthreads,
+        n_threads=config.omp_nthreads, n_repeats=config.evaluate_repeats,
     )
     results.write_tables(out_dir / "evaluation")
+    pick = results.recommendation
+    LOGGER.info("Evaluation: %s", f"{pick['method']} recommended ({pick['reason']})" if pick.get("method")
+                else f"no method recommended ({pick.get('reason')})")
     return write_group_report(results, out_dir, protected=group.protected)
 
 

@@ -254,3 +254,20 @@ def test_protect_refuses_what_it_cannot_keep(tables, tmp_path, capsys):
     code, message = _run(_group(bids, tmp_path / "c", features, covariates, "--harmonizer", "equivariant-pooling",
                                 "--protect", "dx"), capsys)
     assert code != 0 and "equivariant-pooling cannot keep further covariates" in message
+
+
+def test_evaluate_repeats_the_cross_validation_and_recommends_a_method(tables, tmp_path, capsys):
+    root, bids, _, _ = tables
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exc:
+        main([str(a) for a in _group(bids, out, root / "features.tsv", root / "covariates.tsv", "--harmonizer",
+                                     "combat", "--evaluate", "--evaluate-repeats", "2", "--skip-bids-validation")])
+    printed = capsys.readouterr()
+    assert exc.value.code == 0, printed.err
+    evaluation = json.loads((out / "group" / "evaluation" / "evaluation.json").read_text())
+    assert evaluation["config"]["n_repeats"] == 2 and evaluation["config"]["seeds"] == [0, 1]
+    site = {row["method"]: row for row in evaluation["site_predictability"]}
+    assert site["combat"]["n_folds"] == 10 and site["combat"]["n_repeats"] == 2
+    assert evaluation["recommendation"]["method"] == "combat"
+    assert "combat recommended" in printed.out
+    assert "Recommended for this data: combat" in (out / "group" / "group_report.html").read_text()

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bidsharmony.evaluation import evaluate_harmonizers
+from bidsharmony.evaluation import EvaluationUsageError, evaluate_harmonizers
 from evaluation_data import MeanShift, make_table
 
 
@@ -138,3 +138,62 @@ def test_the_report_shows_out_of_fold_site_predictability(tmp_path, monkeypatch)
     assert reported == pytest.approx(out_of_fold)
     html = write_group_report(results, tmp_path).read_text()
     assert f"<b>only-new-rows</b> {out_of_fold:.2f}" in html
+
+
+class SeededMeanShift(MeanShift):
+    """Records the ``random_seed`` it was fitted with."""
+
+    seen = []
+
+    def __init__(self, random_seed=7):
+        self.random_seed = random_seed
+
+    def get_params(self, deep=True):
+        return {"random_seed": self.random_seed}
+
+    def set_params(self, **params):
+        self.random_seed = params["random_seed"]
+        return self
+
+    def fit(self, features, covariates):
+        SeededMeanShift.seen.append(self.random_seed)
+        return super().fit(features, covariates)
+
+
+def test_repeats_draw_new_folds_and_seeds_and_pool_every_fold(monkeypatch):
+    monkeypatch.setattr(SeededMeanShift, "seen", [])
+    features, covariates, _ = make_table(n_subjects=30, site_shift=3.0)
+    once = evaluate_harmonizers(features, covariates, {"m": SeededMeanShift}, n_splits=3, metrics=("site",))
+    assert SeededMeanShift.seen == [7, 7, 7]
+    SeededMeanShift.seen.clear()
+    results = evaluate_harmonizers(features, covariates, {"m": SeededMeanShift}, n_splits=3, metrics=("site",),
+                                   n_repeats=3, mlp_epochs=5)
+    assert SeededMeanShift.seen == [7] * 3 + [8] * 3 + [9] * 3
+    folds = results.site_predictability_folds
+    assert sorted(folds.groupby("method").size()) == [9, 9]
+    assert folds.groupby(["method", "repeat"]).size().eq(3).all()
+    row = results.site_predictability.set_index("method").loc["raw"]
+    raw_folds = folds[folds["method"] == "raw"]["balanced_accuracy"]
+    assert row["n_folds"] == 9 and row["n_repeats"] == 3
+    assert row["balanced_accuracy_sd"] == pytest.approx(raw_folds.std())
+    assert results.summary.set_index("method").loc["raw", "site_balanced_accuracy_sd"] == pytest.approx(raw_folds.std())
+    # the first repeat is the single evaluation; the later ones draw other folds
+    first = folds[(folds["method"] == "raw") & (folds["repeat"] == 0)]["balanced_accuracy"].to_numpy()
+    np.testing.assert_allclose(first, once.site_predictability_folds.query("method == 'raw'")["balanced_accuracy"])
+    assert results.config["seeds"] == [0, 1, 2]
+    with pytest.raises(EvaluationUsageError, match="n_repeats"):
+        evaluate_harmonizers(features, covariates, {"m": MeanShift}, n_repeats=0)
+
+
+def test_cross_site_error_gets_an_sd_over_folds_and_repeats():
+    features, covariates, _ = make_table(n_subjects=30, site_shift=3.0)
+    results = evaluate_harmonizers(features, covariates, {"m": MeanShift}, n_splits=3, metrics=("cross_site",),
+                                   predictor="linear", n_repeats=2)
+    per_fold = results.cross_site_folds
+    off = per_fold[(per_fold["source_site"] != per_fold["target_site"]) & (per_fold["method"] == "m")
+                   & (per_fold["task"] == "age") & (per_fold["metric"] == "mae")]
+    expected = off.groupby(["repeat", "fold"])["value"].mean()
+    assert len(expected) == 6
+    summary = results.summary.set_index("method")
+    assert summary.loc["m", "cross_site_age_mae"] == pytest.approx(expected.mean())
+    assert summary.loc["m", "cross_site_age_mae_sd"] == pytest.approx(expected.std())

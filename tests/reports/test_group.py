@@ -82,6 +82,9 @@ def test_full_report_references_existing_figures(tmp_path):
                     "Traveling subjects", "Model log-likelihood", "TarOnly (upper bound)", "SrcOnly (lower bound)"):
         assert heading in page, heading
     assert "<script" not in page and "stylesheet" not in page  # self-contained
+    assert "Recommended for this data: site-mean" in page
+    site_row = re.search(r"Site predictability \(balanced accuracy\)</td>.*?</tr>", page).group(0)
+    assert f"{results.summary.loc[1, 'site_balanced_accuracy_sd']:.3f}" in site_row and " ± " in site_row
     leftovers = [p for p in path.parent.rglob("*") if ".tmp" in p.name]
     assert leftovers == []
 
