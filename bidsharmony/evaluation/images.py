@@ -12,7 +12,25 @@ import numpy as np
 
 from ..datasets.truth import dice
 
-__all__ = ["dice", "dice_per_label", "psnr_in_mask", "ssim_in_mask"]
+__all__ = ["brain_percentiles", "dice", "dice_per_label", "distribution_distance", "psnr_in_mask", "ssim_in_mask"]
+
+PERCENTILES = np.arange(1, 100)
+
+
+def brain_percentiles(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The 1st-99th percentiles of ``image`` inside ``mask`` (no reference image needed)."""
+    return np.percentile(np.asarray(image, dtype=np.float64)[np.asarray(mask, dtype=bool)], PERCENTILES)
+
+
+def distribution_distance(percentiles: np.ndarray, reference_percentiles: np.ndarray) -> float:
+    """1-Wasserstein distance between two intensity distributions given by their
+    :func:`brain_percentiles`, in units of the reference's interquartile range.
+
+    0 = the same distribution; 1 = off by one reference IQR on average. Blind to anatomy.
+    """
+    reference = np.asarray(reference_percentiles, dtype=np.float64)
+    scale = float(reference[74] - reference[24]) or 1.0
+    return float(np.mean(np.abs(np.asarray(percentiles, dtype=np.float64) - reference)) / scale)
 
 
 def _data_range(reference, mask, data_range):

@@ -194,6 +194,7 @@ def _harmonize_images(config, methods: list[str], out_dir: Path) -> list[Path]:
     import numpy as np
 
     from ..harmonize.image_base import ImageHarmonizer, get_image_harmonizer
+    from ..reports.images import ImageHarmonizationSummary
     from .group_images import load_group_images
 
     group = load_group_images(config)
@@ -220,12 +221,18 @@ def _harmonize_images(config, methods: list[str], out_dir: Path) -> list[Path]:
             "Parameters": harmonizer.get_params(),
             "RandomSeed": config.random_seed,
         }
+        labels = [p.name.split("_space-")[0] for p in group.images]
+        # a saved model applied to new scans may see none of its reference site: nothing to compare to
+        summary = (ImageHarmonizationSummary(scans, harmonizer.name, harmonizer.reference_site_, labels=labels)
+                   if str(harmonizer.reference_site_) in set(map(str, scans.sites)) else None)
         done, sites, transform_started = 0, sorted(set(scans.sites)), time.monotonic()
         for site in sites:
             rows = np.flatnonzero(np.asarray(scans.sites) == site)
             # A whole site at once: methods that adapt per site (harmonizing-flows) see all its scans.
             results = harmonizer.transform(scans.subset(rows))
             for row, (image, info) in zip(rows, results):
+                if summary is not None:
+                    summary.add(row, image)
                 source, mask = group.images[row], group.masks[row]
                 out = source.with_name(source.name.replace("_desc-preproc_T1w", f"_desc-{harmonizer.desc}_T1w"))
                 sources = [derivative_bids_uri(p.relative_to(config.output_dir)) for p in (source, mask)]
@@ -235,11 +242,35 @@ def _harmonize_images(config, methods: list[str], out_dir: Path) -> list[Path]:
             elapsed = time.monotonic() - transform_started
             LOGGER.info("%s: %d/%d scans harmonized (site %s done) in %.0f s, about %.0f s left",
                         harmonizer.name, done, len(scans), site, elapsed, elapsed / done * (len(scans) - done))
+        if summary is not None:
+            written += _write_image_summary(config, summary, harmonizer, group, meta, out_dir)
+        else:
+            LOGGER.info("%s: no scan of the reference site %s among these scans, so no before/after comparison",
+                        harmonizer.name, harmonizer.reference_site_)
         if config.counterfactual and registry.method(harmonizer.name).counterfactuals:
             written += _draw_counterfactuals(config, harmonizer, group, out_dir / "figures")
         LOGGER.info("%s done in %.0f s → %d images (*_desc-%s_T1w.nii.gz), model %s", harmonizer.name,
                     time.monotonic() - started, len(scans), harmonizer.desc, model_dir)
     return written
+
+
+def _write_image_summary(config, summary, harmonizer, group, meta: dict, out_dir: Path) -> list[Path]:
+    """The per-scan before/after table (with its sidecar) and the HTML page of one image method."""
+    table = write_table(summary.per_scan(), out_dir / f"desc-{harmonizer.desc}_imagestats.tsv", {
+        **{k: meta[k] for k in ("Method", "ReferenceSite", "Model", "RandomSeed")},
+        "Description": "Per scan: distance of the brain intensity distribution to the reference site's "
+                       "(1-Wasserstein, in units of the reference's interquartile range) and the median brain "
+                       "intensity, before and after harmonization",
+        "Sources": [derivative_bids_uri(p.relative_to(config.output_dir)) for p in (*group.images, *group.masks)],
+    })
+    page = summary.write_report(out_dir)
+    per_site = summary.per_site()
+    moved = per_site[per_site["site"] != str(harmonizer.reference_site_)]
+    if len(moved):
+        LOGGER.info("%s: distance of the other sites' brain intensities to the reference %.3f before, %.3f after "
+                    "(report: %s)", harmonizer.name, moved["distance_before"].mean(), moved["distance_after"].mean(),
+                    page)
+    return [table, page]
 
 
 def _draw_counterfactuals(config, harmonizer, group, figures: Path) -> list[Path]:

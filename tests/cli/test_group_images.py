@@ -1,6 +1,7 @@
 """The group level's image harmonizers from the command line, on template-space scans with truth."""
 
 import json
+import re
 
 import nibabel as nb
 import numpy as np
@@ -167,3 +168,20 @@ def test_harmonizer_params_are_typed_and_saved_with_the_settings(tmp_path):
     assert config.counterfactual == {"age": "-5"}  # relative, kept as text
     again = Config.from_toml(config.to_toml(tmp_path / "config.toml"))
     assert again.harmonizer_params == config.harmonizer_params and again.counterfactual == config.counterfactual
+
+
+def test_image_report_shows_before_after_and_per_scan_distances(dataset, fitted):
+    import pandas as pd
+
+    _, _, out, data = dataset
+    stats = pd.read_csv(out / "group" / "desc-histogrammatching_imagestats.tsv", sep="\t")
+    assert len(stats) == len(data.scans) and set(stats["site"]) == {"siteA", "siteB", "siteC"}
+    meta = json.loads((out / "group" / "desc-histogrammatching_imagestats.json").read_text())
+    assert meta["ReferenceSite"] == "siteA" and len(meta["Sources"]) == 2 * len(data.scans)
+    others = stats[stats["site"] != "siteA"]
+    # the other sites' brain intensities come onto the reference site's
+    assert (others["distance_after"] < 0.5 * others["distance_before"]).all()
+    page = (out / "group" / "group_images_histogram-matching.html").read_text()
+    images = re.findall(r"<img src='([^']+)'", page)
+    assert len(images) == 2 and all((out / "group" / src).read_bytes()[:4] == b"\x89PNG" for src in images)
+    assert all(label in page for label in stats["scan"])
