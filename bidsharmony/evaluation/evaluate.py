@@ -31,10 +31,10 @@ from ._common import (
 from .agreement import traveling_subject_icc, truth_error
 from .biology import effect_size_agreement, effect_sizes
 from .design import design_warnings
-from .recommend import recommend_method
 from .distance import site_mmd
 from .prediction import cross_site_from_folds, summarize_cross_site
 from .protocols import cross_fit, default_mask_columns, harmonize_in_folds
+from .recommend import recommend_method
 from .site import DEFAULT_ADJUST, site_predictability_from_folds
 
 LOGGER = logging.getLogger(__name__)
