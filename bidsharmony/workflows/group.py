@@ -35,6 +35,11 @@ def collect_roi_tables(output_dir: Path, atlas: str | None = None) -> pd.DataFra
     return table
 
 
+def with_sub_prefix(labels) -> list[str]:
+    """Participant labels as BIDS writes them (``sub-01``), whether or not a table had the prefix."""
+    return [p if p.startswith("sub-") else f"sub-{p}" for p in labels]
+
+
 def _read_tsv(path: Path) -> pd.DataFrame:
     return pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
 
@@ -75,6 +80,8 @@ def collect_covariates(
     participants = _read_tsv(participants_file)
     if "participant_id" not in participants.columns:
         raise BidsharmonyError(f"{participants_file} has no participant_id column; add it")
+    # a user's --covariates may leave out the prefix, as a --features table may
+    participants["participant_id"] = with_sub_prefix(participants["participant_id"])
     from ..harmonize.errors import CovariateError
 
     refuse_repeated_scans(participants, participants_file, CovariateError,
@@ -157,7 +164,7 @@ def read_feature_table(path: Path) -> pd.DataFrame:
         lines = [str(i + 2) for i in table.index[table["participant_id"].isna()][:5]]
         raise FeatureError(f"{path}: participant_id is empty on line(s) {', '.join(lines)}; fill it in or "
                            "drop those rows")
-    table["participant_id"] = [p if p.startswith("sub-") else f"sub-{p}" for p in table["participant_id"]]
+    table["participant_id"] = with_sub_prefix(table["participant_id"])
     if "session_id" not in table.columns:
         table["session_id"] = "n/a"
     table["session_id"] = table["session_id"].fillna("n/a").replace("", "n/a")

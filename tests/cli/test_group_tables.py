@@ -115,6 +115,19 @@ def test_sessions_tell_repeated_participants_apart(tables, tmp_path, capsys):
     assert len(pd.read_csv(out / "group" / "desc-combat_morph.tsv", sep="\t")) == len(scans)
 
 
+@pytest.mark.parametrize("bare", ["covariates", "both"])
+def test_labels_without_the_sub_prefix_match_across_the_tables(tables, tmp_path, capsys, bare):
+    """Tables exported from elsewhere often write 01 where BIDS writes sub-01."""
+    strip = lambda frame: frame.assign(participant_id=frame["participant_id"].str.removeprefix("sub-"))  # noqa: E731
+    features = strip(tables[2]) if bare == "both" else tables[2]
+    code, message, _, out = _refused(capsys, tables, tmp_path, features, covariates=strip(tables[3]))
+    assert code == 0, message
+    harmonized = pd.read_csv(out / "group" / "desc-combat_morph.tsv", sep="\t")
+    assert list(harmonized["participant_id"]) == list(tables[2]["participant_id"])
+    expected_sites = tables[3].set_index("participant_id")["site"].astype(str)
+    assert (harmonized.set_index("participant_id")["site"].astype(str) == expected_sites).all()
+
+
 def test_duplicate_covariate_rows_are_refused_naming_the_file(tables, tmp_path, capsys):
     covariates = pd.concat([tables[3], tables[3].iloc[[7]]], ignore_index=True)
     code, message, _, _ = _refused(capsys, tables, tmp_path, tables[2], covariates=covariates)
