@@ -5,7 +5,7 @@ What a user gets from the command line, not from the library calls of ``bench_re
 the FCON1000 aseg table (same sites and volumes, :func:`bench_real_roi.load_fcon1000`) is
 written to a scratch folder as ``--features`` and ``--covariates`` TSVs, and the group level is
 run on it with every table harmonizer, ``--evaluate`` and ``--evaluate-repeats``. The script
-then reads ``group/evaluation.json`` and prints the comparison (mean ± SD over all folds of all
+then reads ``group/evaluation/evaluation.json`` and prints the comparison (mean ± SD over all folds of all
 repeats, as the report shows it) and the recommendation the report makes, with the rule's
 inputs. Nothing is written next to the data.
 
@@ -30,7 +30,7 @@ from bench_real_roi import DEFAULT_DATA, load_fcon1000  # noqa: E402
 
 METHODS = ("combat", "combat-gam", "combat-ls", "covbat", "flow-scm")
 COLUMNS = ("site_balanced_accuracy", "site_balanced_accuracy_sd", "cross_site_age_mae",
-           "cross_site_age_mae_sd", "age_effect_r_vs_raw", "mmd2_vs_reference")
+           "cross_site_age_mae_sd", "age_effect_r_vs_raw", "mmd2_vs_reference", "fit_seconds")
 
 
 def parse_args(argv=None):
@@ -43,6 +43,7 @@ def parse_args(argv=None):
     parser.add_argument("--methods", nargs="+", default=list(METHODS), help="--harmonizer")
     parser.add_argument("--min-site-scans", type=int, default=20, help="sites with fewer scans are dropped")
     parser.add_argument("--nprocs", type=int, default=2)
+    parser.add_argument("--summarize-only", action="store_true", help="only read the results of an earlier run in --out")
     return parser.parse_args(argv)
 
 
@@ -72,15 +73,15 @@ def main(argv=None) -> int:
                "--evaluate-repeats", str(args.repeats), "--random-seed", str(args.seed),
                "--nprocs", str(args.nprocs), "-w", str(args.out / "work")]
     print("$", " ".join(command), flush=True)
-    started = time.perf_counter()
-    code = subprocess.call(command)
-    wall = time.perf_counter() - started
-    print(f"exit {code} after {wall:.0f} s")
-    if code:
-        return code
-    evaluation = json.loads((args.out / "derivatives" / "group" / "evaluation.json").read_text())
+    if not args.summarize_only:
+        started = time.perf_counter()
+        code = subprocess.call(command)
+        print(f"exit {code} after {time.perf_counter() - started:.0f} s")
+        if code:
+            return code
+    evaluation = json.loads((args.out / "derivatives" / "group" / "evaluation" / "evaluation.json").read_text())
     summary = pd.DataFrame(evaluation["summary"])
-    shown = [summary.columns[0]] + [c for c in COLUMNS if c in summary.columns]
+    shown = ["method"] + [c for c in COLUMNS if c in summary.columns]
     print(summary[shown].to_markdown(index=False, floatfmt=".4f"))
     print("recommendation:", json.dumps(evaluation.get("recommendation"), indent=1))
     return 0

@@ -63,6 +63,23 @@ def test_failing_harmonizer_is_reported_or_raised():
     assert any(w["code"] == "harmonizer_failed" for w in results.warnings)
 
 
+class _Noisy(MeanShift):
+    def fit(self, features, covariates):
+        warnings.warn(f"fitted on {len(features)} rows", UserWarning, stacklevel=2)
+        return super().fit(features, covariates)
+
+
+def test_fold_fit_warnings_are_counted_in_one_log_line(caplog):
+    """Five fold fits that each warn give one log line, not five warnings."""
+    features, covariates, _ = make_table(n_subjects=30)
+    with warnings.catch_warnings(record=True) as escaped, caplog.at_level("WARNING", logger="bidsharmony"):
+        warnings.simplefilter("always")
+        evaluate_harmonizers(features, covariates, {"noisy": _Noisy}, n_splits=5, metrics=("mmd",))
+    assert not [w for w in escaped if "fitted on" in str(w.message)]
+    lines = [r.getMessage() for r in caplog.records if "fold fit(s) warned" in r.getMessage()]
+    assert len(lines) == 1 and "noisy: 5 fold fit(s) warned UserWarning, first: fitted on" in lines[0]
+
+
 def test_registered_harmonizer_by_name():
     harmonize = pytest.importorskip("bidsharmony.harmonize")
     if "combat" not in getattr(harmonize, "HARMONIZERS", ()):
