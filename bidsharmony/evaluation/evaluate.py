@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from contextlib import contextmanager
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -402,14 +403,15 @@ def _fit_in_folds(method: str, factory, features, covariates, folds, fitted: _Fo
     """
     LOGGER.info("evaluating %s: fitting in %d folds", method, len(folds))
     try:
-        # Every fold fit repeats the warnings about the data (age overlap, outliers) that the fit
-        # on all scans gives once: 15 fits x 5 methods buried the log of a 16-site table under
-        # ~1,000 of them. One line per method and repeat counts them instead.
-        with warnings.catch_warnings(record=True) as caught:
+        # Every fold fit repeats the warnings about the data (age overlap, outliers) and the
+        # training log that the fit on all scans gives once: 15 fits x 5 methods buried the log
+        # of a 16-site table under ~2,000 lines. One line per method and category counts them.
+        with warnings.catch_warnings(record=True) as caught, _quiet_fit_logs():
             warnings.simplefilter("always")
             fold_data = harmonize_in_folds(features, covariates, factory, folds, mask_columns=mask_columns
                                            if factory is not None else (), keep_models=keep_models)
-        _log_fold_warnings(method, caught)
+        if repeat == 0:  # later repeats refit on the same scans and warn alike
+            _log_fold_warnings(method, caught)
     except Exception as error:  # noqa: BLE001 - reported per method when on_error="warn"
         if on_error == "raise":
             raise
@@ -431,6 +433,24 @@ def _fit_in_folds(method: str, factory, features, covariates, folds, fitted: _Fo
     if repeat == 0:
         fitted.harmonized[method] = cross_fit(fold_data, features)
     return fold_data
+
+
+#: loggers of the harmonizers' fit progress (epochs, "fitted on"), silenced in the fold fits
+_FIT_LOGGERS = ("bidsharmony.scm", "bidsharmony.harmonize", "bidsharmony.features")
+
+
+@contextmanager
+def _quiet_fit_logs():
+    """Keep only warnings and errors of the harmonizers' own loggers for the duration."""
+    loggers = [logging.getLogger(name) for name in _FIT_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(max(logger.getEffectiveLevel(), logging.WARNING))
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 def _log_fold_warnings(method: str, caught: list) -> None:

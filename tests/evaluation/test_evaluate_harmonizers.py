@@ -1,6 +1,7 @@
 """The whole comparison in one call."""
 
 import json
+import logging
 import warnings
 
 import numpy as np
@@ -66,16 +67,19 @@ def test_failing_harmonizer_is_reported_or_raised():
 class _Noisy(MeanShift):
     def fit(self, features, covariates):
         warnings.warn(f"fitted on {len(features)} rows", UserWarning, stacklevel=2)
+        logging.getLogger("bidsharmony.harmonize.noisy").info("epoch 1/1 of a fold fit")
         return super().fit(features, covariates)
 
 
 def test_fold_fit_warnings_are_counted_in_one_log_line(caplog):
-    """Five fold fits that each warn give one log line, not five warnings."""
+    """Two repeats of five fold fits that each warn and log give one log line, not ten warnings."""
     features, covariates, _ = make_table(n_subjects=30)
-    with warnings.catch_warnings(record=True) as escaped, caplog.at_level("WARNING", logger="bidsharmony"):
+    with warnings.catch_warnings(record=True) as escaped, caplog.at_level("INFO", logger="bidsharmony"):
         warnings.simplefilter("always")
-        evaluate_harmonizers(features, covariates, {"noisy": _Noisy}, n_splits=5, metrics=("mmd",))
+        evaluate_harmonizers(features, covariates, {"noisy": _Noisy}, n_splits=5, n_repeats=2, metrics=("site",))
     assert not [w for w in escaped if "fitted on" in str(w.message)]
+    assert not [r for r in caplog.records if "of a fold fit" in r.getMessage()]
+    assert logging.getLogger("bidsharmony.harmonize").level == logging.NOTSET  # restored
     lines = [r.getMessage() for r in caplog.records if "fold fit(s) warned" in r.getMessage()]
     assert len(lines) == 1 and "noisy: 5 fold fit(s) warned UserWarning, first: fitted on" in lines[0]
 
