@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from collections import Counter
 from contextlib import contextmanager
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
